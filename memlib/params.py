@@ -1,0 +1,153 @@
+"""Parameter counting from a config, component by component (chapter 01).
+
+Per decoder layer with hidden size ``H``, ``n_h`` query heads and ``n_kv`` key/value
+heads of size ``d``::
+
+    attention = H·n_h·d (q) + 2·H·n_kv·d (k, v) + n_h·d·H (o)   [+ biases, + q/k norms]
+    gated MLP = 3·H·I            (gate, up, down)               [+ biases]
+    plain MLP = 2·H·I                                           [+ biases]
+    MoE layer = E·H (router) + E·3·H·I_moe (experts) + 3·H·I_shared (shared experts)
+    norms     = norms_per_layer · H   (RMSNorm; LayerNorm has a bias too: 2·H)
+
+plus the token embedding ``V·H`` (and a learned position table for GPT-2/OPT), the
+final norm, and ``lm_head = V·H`` unless it is tied to the embedding.  Tied weights are
+counted once, as ``sum(p.numel() for p in model.parameters())`` does.
+"""
+from __future__ import annotations
+
+from .breakdown import Breakdown
+from .spec import ModelSpec, load_spec
+
+
+def _norm_params(spec: ModelSpec, width: int) -> int:
+    return width * (2 if spec.norm == "layer" else 1)
+
+
+def attention_params(spec: ModelSpec) -> int:
+    """Parameters of one attention block (chapter 01 §attention; MLA in chapter 02)."""
+    H = spec.hidden_size
+    if spec.is_mla:
+        q_dim = spec.num_heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
+        if spec.q_lora_rank:
+            q = H * spec.q_lora_rank + spec.q_lora_rank + spec.q_lora_rank * q_dim  # q_a, q_a_norm, q_b
+            q += spec.q_lora_rank if spec.qkv_bias else 0
+        else:
+            q = H * q_dim
+        kv = (H * (spec.kv_lora_rank + spec.qk_rope_head_dim)             # kv_a_proj_with_mqa
+              + (spec.kv_lora_rank + spec.qk_rope_head_dim if spec.qkv_bias else 0)
+              + spec.kv_lora_rank                                           # kv_a_layernorm
+              + spec.kv_lora_rank * spec.num_heads * (spec.qk_nope_head_dim + spec.v_head_dim))
+        o = spec.num_heads * spec.v_head_dim * H + (H if spec.o_bias else 0)
+        return q + kv + o
+    q_out = spec.num_heads * spec.head_dim
+    kv_out = 2 * spec.num_kv_heads * spec.head_dim
+    n = H * (q_out + kv_out) + q_out * H
+    if spec.qkv_bias:
+        n += q_out + kv_out
+    if spec.o_bias:
+        n += H
+    if spec.qk_norm:
+        n += 2 * spec.head_dim
+    return n
+
+
+def mlp_params(spec: ModelSpec, width: int) -> int:
+    """Parameters of one dense MLP of inner ``width``: ``3·H·I`` gated, ``2·H·I`` plain (+ biases)."""
+    H = spec.hidden_size
+    n = (3 if spec.gated_mlp else 2) * H * width
+    if spec.mlp_bias:
+        n += (2 * width if spec.gated_mlp else width) + H
+    return n
+
+
+def count_params(model) -> Breakdown:
+    """Exact parameter count of ``model``, split into components (``unit="params"``).
+
+    Components: ``embeddings``, ``attention``, ``mlp`` (dense layers), ``router``,
+    ``experts`` (routed), ``shared_experts``, ``norms``, ``lm_head``; zero ones are left
+    out.  ``meta["active"]`` is the count used per token (router + top-k experts +
+    shared experts + everything dense).  Chapter 01 derives each term.
+    """
+    spec = load_spec(model)
+    H, V, L = spec.hidden_size, spec.vocab_size, spec.num_layers
+    n_moe = sum(spec.moe_layers)
+    expert = mlp_params(spec, spec.moe_intermediate_size) if spec.is_moe else 0
+    embeddings = V * spec.embed_dim + spec.learned_positions * H
+    if spec.embed_dim != H:  # OPT-350m style project_in / project_out
+        embeddings += 2 * H * spec.embed_dim
+    comps = {
+        "embeddings": embeddings,
+        "attention": L * attention_params(spec),
+        "mlp": (L - n_moe) * mlp_params(spec, spec.intermediate_size),
+        "router": n_moe * spec.num_experts * H,
+        "experts": n_moe * spec.num_experts * expert,
+        "shared_experts": n_moe * (mlp_params(spec, spec.shared_intermediate_size)
+                                   if spec.shared_intermediate_size else 0),
+        "norms": (L * spec.norms_per_layer + spec.final_norm) * _norm_params(spec, H),
+        "lm_head": 0 if spec.tie_word_embeddings else V * spec.embed_dim,
+    }
+    comps = {k: v for k, v in comps.items() if v}
+    total = sum(comps.values())
+    active = total - n_moe * (spec.num_experts - spec.experts_per_token) * expert
+    return Breakdown(comps, title=f"{spec.name} parameters", unit="params",
+                     meta={"active": active, "non_embedding": total - comps["embeddings"]
+                           - comps.get("lm_head", 0)})
+
+
+def total_params(model) -> int:
+    """Unique parameters of ``model`` (tied weights once)."""
+    return count_params(model).total
+
+
+def active_params(model) -> int:
+    """Parameters used per token: for MoE, only the top-k routed experts count."""
+    return count_params(model).meta["active"]
+
+
+def linear_layers(model) -> list[tuple[str, int, int, int]]:
+    """The weight matrices of the decoder layers as ``(component, in, out, count)``.
+
+    These are the tensors quantisation formats quantise (chapter 01 §quantisation);
+    embeddings, lm_head, norms, biases and MoE routers are not in the list.  Fused
+    projections (GPT-2/Falcon/Phi-3 ``qkv``, Phi-3 ``gate_up``) are one matrix.
+    ``sum(in*out*count)`` plus the non-matrix parameters equals :func:`total_params`.
+    """
+    spec = load_spec(model)
+    H, L = spec.hidden_size, spec.num_layers
+    n_moe = sum(spec.moe_layers)
+    out: list[tuple[str, int, int, int]] = []
+    if spec.is_mla:
+        q_dim = spec.num_heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
+        if spec.q_lora_rank:
+            out += [("attention", H, spec.q_lora_rank, L), ("attention", spec.q_lora_rank, q_dim, L)]
+        else:
+            out += [("attention", H, q_dim, L)]
+        out += [("attention", H, spec.kv_lora_rank + spec.qk_rope_head_dim, L),
+                ("attention", spec.kv_lora_rank, spec.num_heads * (spec.qk_nope_head_dim + spec.v_head_dim), L),
+                ("attention", spec.num_heads * spec.v_head_dim, H, L)]
+    else:
+        q_out, kv_out = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+        if spec.model_type in FUSED_QKV:
+            out += [("attention", H, q_out + 2 * kv_out, L)]
+        else:
+            out += [("attention", H, q_out, L), ("attention", H, kv_out, 2 * L)]
+        out += [("attention", q_out, H, L)]
+
+    def mlp(component, width, count):
+        if not count or not width:
+            return []
+        if not spec.gated_mlp:
+            return [(component, H, width, count), (component, width, H, count)]
+        if spec.model_type in FUSED_GATE_UP:
+            return [(component, H, 2 * width, count), (component, width, H, count)]
+        return [(component, H, width, 2 * count), (component, width, H, count)]
+
+    out += mlp("mlp", spec.intermediate_size, L - n_moe)
+    out += mlp("experts", spec.moe_intermediate_size, n_moe * spec.num_experts)
+    out += mlp("shared_experts", spec.shared_intermediate_size, n_moe)
+    return out
+
+
+#: Families whose checkpoints store q, k and v as one matrix / gate and up as one.
+FUSED_QKV = {"gpt2", "falcon", "RefinedWeb", "RefinedWebModel", "phi3"}
+FUSED_GATE_UP = {"phi3"}

@@ -1,0 +1,74 @@
+"""Plot helpers (matplotlib is imported lazily, only when a plot is drawn).
+
+``save_fig`` writes PNGs into ``figures/`` under stable names (DESIGN §5).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .units import UNITS
+
+FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
+
+#: One stable colour per component name, so every chapter's bars agree.
+PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860",
+           "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
+_COLOR_OF: dict[str, str] = {}
+
+
+def color_for(name: str) -> str:
+    """A stable colour for a component name (first come, first served)."""
+    if name not in _COLOR_OF:
+        _COLOR_OF[name] = PALETTE[len(_COLOR_OF) % len(PALETTE)]
+    return _COLOR_OF[name]
+
+
+def _plt():
+    import matplotlib
+    if matplotlib.get_backend().lower().startswith("module://matplotlib_inline") is False:
+        pass
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def new_ax(figsize=(7, 4)):
+    """A fresh (fig, ax) pair."""
+    plt = _plt()
+    return plt.subplots(figsize=figsize)
+
+
+def stacked_bar(breakdowns, ax=None, unit: str = "GiB", labels=None, colors=None, legend=True):
+    """Draw one stacked bar per :class:`~memlib.breakdown.Breakdown`; returns ``ax``."""
+    if ax is None:
+        _, ax = new_ax()
+    labels = labels or [b.title for b in breakdowns]
+    names: list[str] = []
+    for b in breakdowns:
+        names += [k for k in b.components if k not in names]
+    bottoms = [0.0] * len(breakdowns)
+    for name in names:
+        vals = [b.get(name, 0) / UNITS[unit] for b in breakdowns]
+        if not any(vals):
+            continue
+        ax.bar(range(len(breakdowns)), vals, bottom=bottoms, label=name,
+               color=(colors or {}).get(name, color_for(name)), width=0.6)
+        bottoms = [a + v for a, v in zip(bottoms, vals)]
+    for i, top in enumerate(bottoms):
+        ax.text(i, top, f"{top:,.1f}", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(range(len(breakdowns)))
+    ax.set_xticklabels(labels, rotation=0 if len(breakdowns) < 5 else 30,
+                       ha="center" if len(breakdowns) < 5 else "right")
+    ax.set_ylabel(unit)
+    if legend:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+def save_fig(fig, name: str, directory: Path | None = None) -> Path:
+    """Save ``fig`` as ``figures/<name>.png`` (stable name, fixed dpi, no timestamp metadata)."""
+    directory = Path(directory) if directory else FIGURES_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = name[:-4] if name.endswith(".png") else name
+    path = directory / f"{stem}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return path

@@ -1,0 +1,96 @@
+"""The :class:`Explorer`: controls → compute → (message, plot), testable without a browser."""
+from __future__ import annotations
+
+import html
+from typing import Callable, Mapping
+
+
+class Explorer:
+    """Wire ipywidgets ``controls`` to a pure ``compute`` and a ``plot(result, ax)``.
+
+    Args:
+        compute: ``compute(**values) -> result``; a ``ValueError`` becomes a message.
+        controls: ``name -> ipywidget``; each control's ``value`` is passed as ``name``.
+        plot: ``plot(result, ax)`` draws the result; None for a text-only explorer.
+        describe: ``describe(result) -> str`` (plain text shown above the plot);
+            defaults to ``result.table()`` when the result has one.
+        figsize: size of the explorer's one figure, redrawn in place on every change.
+
+    Attributes: ``result`` (latest result or None), ``error`` (message or None),
+    ``widget`` (the ipywidgets box to display).
+    """
+
+    def __init__(self, compute: Callable, controls: Mapping, plot: Callable | None = None,
+                 describe: Callable | None = None, figsize=(7, 3.6), title: str = ""):
+        import ipywidgets as w
+
+        self.compute, self.plot_fn, self.describe = compute, plot, describe
+        self.controls = dict(controls)
+        self.result = None
+        self.error: str | None = None
+        self.message = w.HTML()
+        self.text = w.Output()
+        self.output = w.Output()
+        self.fig = self.ax = None
+        if plot is not None:
+            import matplotlib.pyplot as plt
+            with plt.ioff():
+                self.fig, self.ax = plt.subplots(figsize=figsize)
+            plt.close(self.fig)
+        for c in self.controls.values():
+            c.observe(lambda change: self.update(), names="value")
+        header = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
+        self.widget = w.VBox(header + [w.HBox(list(self.controls.values()),
+                                               layout=w.Layout(flex_flow="row wrap")),
+                                        self.message, self.text, self.output])
+        self.update()
+
+    @property
+    def values(self) -> dict:
+        return {k: c.value for k, c in self.controls.items()}
+
+    def set(self, **values):
+        """Set several controls, then recompute once; returns ``self.result``."""
+        unknown = set(values) - set(self.controls)
+        if unknown:
+            raise ValueError(f"unknown control(s) {sorted(unknown)}; controls: {sorted(self.controls)}")
+        self._hold = True
+        try:
+            for k, v in values.items():
+                self.controls[k].value = v
+        finally:
+            self._hold = False
+        return self.update()
+
+    _hold = False
+
+    def update(self):
+        """Recompute from the controls and redraw; invalid input shows a message."""
+        if self._hold:
+            return self.result
+        from IPython.display import display
+        try:
+            result = self.compute(**self.values)
+        except ValueError as e:
+            self.result, self.error = None, str(e)
+            self.message.value = f"<span style='color:#b00020'>⚠ {html.escape(self.error)}</span>"
+            self.text.clear_output()
+            self.output.clear_output()
+            return None
+        self.result, self.error = result, None
+        self.message.value = ""
+        text = self.describe(result) if self.describe else getattr(result, "table", lambda: str(result))()
+        self.text.clear_output(wait=True)
+        with self.text:
+            print(text)
+        if self.plot_fn is not None:
+            self.ax.clear()
+            self.plot_fn(result, self.ax)
+            self.output.clear_output(wait=True)
+            with self.output:
+                display(self.fig)
+        return result
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
