@@ -151,3 +151,25 @@ def linear_layers(model) -> list[tuple[str, int, int, int]]:
 #: Families whose checkpoints store q, k and v as one matrix / gate and up as one.
 FUSED_QKV = {"gpt2", "falcon", "RefinedWeb", "RefinedWebModel", "phi3"}
 FUSED_GATE_UP = {"phi3"}
+
+
+def param_tensors(model) -> tuple[list[tuple[int, int, int]], int]:
+    """All parameters as ``(matrices, vector_params)``: ``matrices`` lists ``(rows, cols,
+    count)`` of every 2-D tensor (decoder matrices, embeddings, position table, lm_head,
+    routers); ``vector_params`` is everything else (norms, biases, q/k norms).
+
+    Optimizers that treat matrices specially (Adafactor, 8-bit Adam) use this split.
+    """
+    spec = load_spec(model)
+    mats = [(i, o, n) for _, i, o, n in linear_layers(spec)]
+    mats.append((spec.vocab_size, spec.embed_dim, 1))
+    if spec.learned_positions:
+        mats.append((spec.learned_positions, spec.hidden_size, 1))
+    if not spec.tie_word_embeddings:
+        mats.append((spec.vocab_size, spec.embed_dim, 1))
+    if spec.is_moe:
+        mats.append((spec.num_experts, spec.hidden_size, sum(spec.moe_layers)))
+    if spec.embed_dim != spec.hidden_size:
+        mats.append((spec.hidden_size, spec.embed_dim, 2))
+    vectors = total_params(spec) - sum(i * o * n for i, o, n in mats)
+    return mats, vectors
