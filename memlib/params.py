@@ -66,7 +66,8 @@ def count_params(model) -> Breakdown:
     Components: ``embeddings``, ``attention``, ``mlp`` (dense layers), ``router``,
     ``experts`` (routed), ``shared_experts``, ``norms``, ``lm_head``; zero ones are left
     out.  ``meta["active"]`` is the count used per token (router + top-k experts +
-    shared experts + everything dense).  Chapter 01 derives each term.
+    shared experts + everything dense); ``meta["active_excluding_input_embedding"]``
+    follows DeepSeek's "activated" convention, which does not count the embedding lookup.  Chapter 01 derives each term.
     """
     spec = load_spec(model)
     H, V, L = spec.hidden_size, spec.vocab_size, spec.num_layers
@@ -89,9 +90,12 @@ def count_params(model) -> Breakdown:
     comps = {k: v for k, v in comps.items() if v}
     total = sum(comps.values())
     active = total - n_moe * (spec.num_experts - spec.experts_per_token) * expert
+    input_embedding = spec.vocab_size * spec.embed_dim
     return Breakdown(comps, title=f"{spec.name} parameters", unit="params",
-                     meta={"active": active, "non_embedding": total - comps["embeddings"]
-                           - comps.get("lm_head", 0)})
+                     meta={"active": active,
+                           # DeepSeek's "activated" convention leaves out the embedding lookup
+                           "active_excluding_input_embedding": active - input_embedding,
+                           "non_embedding": total - comps["embeddings"] - comps.get("lm_head", 0)})
 
 
 def total_params(model) -> int:
