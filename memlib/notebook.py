@@ -10,6 +10,10 @@ def setup_notebook(dpi: int = 90):
 
     import memlib
     try:
+        from IPython import get_ipython
+        ip = get_ipython()
+        if ip is not None:       # figures inline, whatever MPLBACKEND says
+            ip.run_line_magic("matplotlib", "inline")
         from matplotlib_inline.backend_inline import set_matplotlib_formats
         set_matplotlib_formats("png")
     except Exception:  # pragma: no cover - outside IPython

@@ -32,6 +32,10 @@ GGUF_TYPES = {
     "Q5_0": (32, 22), "Q4_K": (256, 144), "Q4_0": (32, 18), "Q3_K": (256, 110), "Q2_K": (256, 84),
 }
 QUANT_FORMATS = ("gptq", "awq", "nf4", "llm_int8")
+#: Bits of the integer code of each weight in a llama.cpp block type; the rest of the
+#: block (fp16 ``d``/``dmin``, 6-bit sub-block scales, ...) is scale metadata (chapter 01).
+GGUF_CODE_BITS = {"F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K": 5, "Q5_0": 5, "Q4_K": 4,
+                  "Q4_0": 4, "Q3_K": 3, "Q2_K": 2}
 
 
 def weight_formats() -> list[str]:
@@ -123,3 +127,65 @@ def bits_per_param(model, dtype: str = "bf16", **knobs) -> float:
     """Effective bits per parameter: ``8 × weight bytes / params`` (overheads included)."""
     b = weight_memory(model, dtype, **knobs)
     return 8 * b.total / b.meta["params"]
+
+
+def quantized_params(model, dtype: str = "gptq") -> int:
+    """Parameters a format stores in its low-bit encoding (chapter 01 §what stays unquantised).
+
+    ``Σ in·out·count`` over :func:`memlib.params.linear_layers` for ``gptq``, ``awq``,
+    ``nf4`` and ``llm_int8``; plus the embedding and an untied ``lm_head`` (``V·E`` each)
+    for ``gguf:*``; every parameter for a plain dtype (``fp8``, ``int4``, ... cast every
+    tensor).  ``params − quantized_params`` stay in the base dtype.
+    """
+    fmt = _canonical_format(dtype)
+    spec = load_spec(model)
+    if fmt in DTYPE_BITS:
+        return count_params(spec).total
+    n = sum(rows_in * cols_out * count for _, rows_in, cols_out, count in linear_layers(spec))
+    if fmt.startswith("gguf:"):
+        n += spec.vocab_size * spec.embed_dim * (1 if spec.tie_word_embeddings else 2)
+    return n
+
+
+def quantization_split(model, dtype: str = "gptq", base_dtype: str = "bf16", group_size: int = 128,
+                       double_quant: bool = False) -> Breakdown:
+    """The weight bytes of ``model`` in ``dtype`` split by role (chapter 01 §quantisation).
+
+    Components: ``quantized`` (the packed low-bit weights), ``quant_overhead`` (scales,
+    zero points, absmax, ``g_idx``) and ``unquantized`` (tensors left in ``base_dtype``:
+    embeddings, lm_head, norms, biases, routers; F32 1-D tensors for GGUF).  The total
+    equals :func:`weight_memory`'s.  For ``gguf:*`` types, whose scales live inside each
+    block (so :func:`weight_memory` reports no ``quant_overhead``), each block is split
+    here into its codes (``GGUF_CODE_BITS`` per weight) and the rest (``Q4_K``: 4 + 0.5 bits).  A plain dtype narrower than ``base_dtype`` counts as
+    quantising everything, a wider or equal one as quantising nothing.
+
+    ``meta``: ``params``, ``quantized_params``, ``bits_per_param = 8·total/params`` and
+    ``bits_per_quantized_weight = 8·(quantized + quant_overhead)/quantized_params``.
+    """
+    b = weight_memory(model, dtype, base_dtype=base_dtype, group_size=group_size,
+                      double_quant=double_quant)
+    fmt, params = b.meta["dtype"], b.meta["params"]
+    total = b.total
+    if fmt in DTYPE_BITS:
+        narrower = DTYPE_BITS[fmt] < DTYPE_BITS[canonical_dtype(base_dtype, "base_dtype")]
+        q_params = params if narrower else 0
+        comps = {"quantized": total if narrower else 0, "quant_overhead": 0,
+                 "unquantized": 0 if narrower else total}
+    else:
+        q_params = quantized_params(model, fmt)
+        base = 4 if fmt.startswith("gguf:") else DTYPE_BITS[canonical_dtype(base_dtype, "base_dtype")] // 8
+        unq = (params - q_params) * base
+        overhead = b["quant_overhead"]
+        if fmt.startswith("gguf:"):  # split each block into its codes and its scales
+            per_block, block_bytes = GGUF_TYPES[fmt[5:]]
+            spec = load_spec(model)
+            mats = [(i, o, n) for _, i, o, n in linear_layers(spec)]
+            mats += [(spec.embed_dim, spec.vocab_size, 1 if spec.tie_word_embeddings else 2)]
+            blocks = sum(n * o * -(-i // per_block) for i, o, n in mats)
+            overhead = blocks * (block_bytes - per_block * GGUF_CODE_BITS[fmt[5:]] // 8)
+        comps = {"quantized": total - overhead - unq, "quant_overhead": overhead, "unquantized": unq}
+    meta = dict(b.meta)
+    meta.update(quantized_params=q_params, bits_per_param=8 * total / params,
+                bits_per_quantized_weight=(8 * (comps["quantized"] + comps["quant_overhead"]) / q_params
+                                           if q_params else None))
+    return Breakdown(comps, title=b.title, meta=meta)

@@ -1,9 +1,15 @@
-"""Shared test setup: a headless matplotlib backend, and catalog helpers."""
-import os
+"""Shared test setup: a headless matplotlib backend for this process, and small configs.
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+The backend is chosen in-process, not through ``MPLBACKEND``: an environment variable
+would leak into the kernels nbval starts, and the notebooks need the inline backend.
+"""
+import pytest
 
-import pytest  # noqa: E402
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+except ImportError:  # the core tests need no matplotlib
+    pass
 
 
 

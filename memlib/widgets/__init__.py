@@ -18,6 +18,7 @@ _EXPLORERS = {
     "quantization_explorer": "memlib.widgets.weights",
     "kv_explorer": "memlib.widgets.kv",
     "concurrency_explorer": "memlib.widgets.kv",
+    "anatomy_explorer": "memlib.widgets.weights",
     "activation_explorer": "memlib.widgets.activations",
     "training_explorer": "memlib.widgets.training",
     "lora_explorer": "memlib.widgets.training",

@@ -1,7 +1,8 @@
-"""The :class:`Explorer`: controls → compute → (message, plot), testable without a browser."""
+"""The :class:`Explorer`: controls → compute → (message, text, figure), testable without a browser."""
 from __future__ import annotations
 
 import html
+import io
 from typing import Callable, Mapping
 
 
@@ -12,12 +13,18 @@ class Explorer:
         compute: ``compute(**values) -> result``; a ``ValueError`` becomes a message.
         controls: ``name -> ipywidget``; each control's ``value`` is passed as ``name``.
         plot: ``plot(result, ax)`` draws the result; None for a text-only explorer.
-        describe: ``describe(result) -> str`` (plain text shown above the plot);
+        describe: ``describe(result) -> str`` (plain text shown above the figure);
             defaults to ``result.table()`` when the result has one.
         figsize: size of the explorer's one figure, redrawn in place on every change.
 
     Attributes: ``result`` (latest result or None), ``error`` (message or None),
     ``widget`` (the ipywidgets box to display).
+
+    The text and the figure are shown through widget *state* (an HTML ``<pre>`` and a
+    PNG ``Image``), not by printing into ``Output`` widgets: printed output also travels
+    on the cell's output channel, so a notebook cell that drives an explorer with
+    ``ex.set(...)`` would record it, and nbval would compare it.  State updates travel as
+    comm messages, which nbval ignores.
     """
 
     def __init__(self, compute: Callable, controls: Mapping, plot: Callable | None = None,
@@ -29,8 +36,8 @@ class Explorer:
         self.result = None
         self.error: str | None = None
         self.message = w.HTML()
-        self.text = w.Output()
-        self.output = w.Output()
+        self.text = w.HTML()
+        self.image = w.Image(format="png")
         self.fig = self.ax = None
         if plot is not None:
             import matplotlib.pyplot as plt
@@ -42,7 +49,7 @@ class Explorer:
         header = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
         self.widget = w.VBox(header + [w.HBox(list(self.controls.values()),
                                                layout=w.Layout(flex_flow="row wrap")),
-                                        self.message, self.text, self.output])
+                                        self.message, self.text, self.image])
         self.update()
 
     @property
@@ -68,27 +75,25 @@ class Explorer:
         """Recompute from the controls and redraw; invalid input shows a message."""
         if self._hold:
             return self.result
-        from IPython.display import display
         try:
             result = self.compute(**self.values)
         except ValueError as e:
             self.result, self.error = None, str(e)
             self.message.value = f"<span style='color:#b00020'>⚠ {html.escape(self.error)}</span>"
-            self.text.clear_output()
-            self.output.clear_output()
+            self.text.value = ""
+            self.image.layout.display = "none"
             return None
         self.result, self.error = result, None
         self.message.value = ""
         text = self.describe(result) if self.describe else getattr(result, "table", lambda: str(result))()
-        self.text.clear_output(wait=True)
-        with self.text:
-            print(text)
+        self.text.value = f"<pre style='line-height:1.25'>{html.escape(text)}</pre>"
         if self.plot_fn is not None:
             self.ax.clear()
             self.plot_fn(result, self.ax)
-            self.output.clear_output(wait=True)
-            with self.output:
-                display(self.fig)
+            buf = io.BytesIO()
+            self.fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            self.image.value = buf.getvalue()
+            self.image.layout.display = None
         return result
 
     def _ipython_display_(self):
