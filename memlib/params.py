@@ -152,6 +152,21 @@ def linear_layers(model) -> list[tuple[str, int, int, int]]:
     return out
 
 
+def linear_bias_params(model) -> int:
+    """Parameters in the biases of the decoder's Linear layers (q/k/v/o and MLP biases)."""
+    spec = load_spec(model)
+    if spec.is_mla:
+        return 0
+    per_layer = 0
+    if spec.qkv_bias:
+        per_layer += (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim
+    if spec.o_bias:
+        per_layer += spec.hidden_size
+    if spec.mlp_bias:
+        per_layer += (2 if spec.gated_mlp else 1) * spec.intermediate_size + spec.hidden_size
+    return spec.num_layers * per_layer
+
+
 #: Families whose checkpoints store q, k and v as one matrix / gate and up as one.
 FUSED_QKV = {"gpt2", "falcon", "RefinedWeb", "RefinedWebModel", "phi3"}
 FUSED_GATE_UP = {"phi3"}

@@ -64,6 +64,12 @@ class ModelSpec:
     layer_types: tuple = ()
     sliding_window: int | None = None
     new_decoder_architecture: bool = False  # Falcon-40B style (transformers caches K/V per query head)
+    # training-only details that change what autograd keeps (chapter 03)
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0       # on the attention and MLP outputs before the residual add
+    embedding_dropout: float = 0.0
+    attn_softcap: float | None = None     # Gemma 2: tanh soft-capping of attention scores
+    final_softcap: float | None = None    # Gemma 2: tanh soft-capping of the logits
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -120,6 +126,15 @@ class _Reader:
     def opt_int(self, key, minimum=1):
         return self.int(key, default=0, minimum=minimum) if self.cfg.get(key) is not None else None
 
+    def float(self, *keys, default=0.0):
+        for k in keys:
+            v = self.cfg.get(k)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValueError(f"config field {k!r} of {self.name}: must be a number, got {v!r}")
+                return float(v)
+        return default
+
     def bool(self, key, default=False):
         v = self.cfg.get(key, default)
         return default if v is None else bool(v)
@@ -156,7 +171,7 @@ def _decoder_common(r: _Reader, **over) -> dict:
 
 def _llama(r: _Reader) -> dict:
     d = _decoder_common(r, qkv_bias=r.bool("attention_bias"), o_bias=r.bool("attention_bias"),
-                        mlp_bias=r.bool("mlp_bias"))
+                        mlp_bias=r.bool("mlp_bias"), attention_dropout=r.float("attention_dropout"))
     window = r.opt_int("sliding_window")
     use_sw = r.cfg.get("use_sliding_window", True) and window is not None
     d["sliding_window"] = window if use_sw else None
@@ -173,7 +188,7 @@ def _mixtral(r: _Reader) -> dict:
 
 
 def _qwen2(r: _Reader) -> dict:
-    d = _decoder_common(r, qkv_bias=True)
+    d = _decoder_common(r, qkv_bias=True, attention_dropout=r.float("attention_dropout"))
     window = r.opt_int("sliding_window")
     use_sw = bool(r.cfg.get("use_sliding_window", False)) and window is not None
     max_window_layers = r.int("max_window_layers", default=d["num_layers"], minimum=0)
@@ -227,14 +242,17 @@ def _deepseek(r: _Reader) -> dict:
 def _gemma2(r: _Reader) -> dict:
     d = _decoder_common(r, tie_word_embeddings=r.bool("tie_word_embeddings", True),
                         qkv_bias=r.bool("attention_bias"), o_bias=r.bool("attention_bias"),
-                        norms_per_layer=4)
+                        norms_per_layer=4, attention_dropout=r.float("attention_dropout"),
+                        attn_softcap=r.cfg.get("attn_logit_softcapping"),
+                        final_softcap=r.cfg.get("final_logit_softcapping"))
     d["sliding_window"] = r.int("sliding_window")
     d["layer_types"] = _sliding_layers(r, d["num_layers"], lambda i: i % 2 == 0)
     return d
 
 
 def _phi3(r: _Reader) -> dict:
-    d = _decoder_common(r)
+    d = _decoder_common(r, attention_dropout=r.float("attention_dropout"),
+                        hidden_dropout=r.float("resid_pdrop"), embedding_dropout=r.float("embd_pdrop"))
     window = r.opt_int("sliding_window")
     d["sliding_window"] = window
     d["layer_types"] = _sliding_layers(r, d["num_layers"], (lambda i: True) if window else None)
@@ -250,7 +268,10 @@ def _gpt2(r: _Reader) -> dict:
                 num_kv_heads=nh, head_dim=H // nh, intermediate_size=r.int("n_inner", default=4 * H),
                 max_position_embeddings=P, tie_word_embeddings=r.bool("tie_word_embeddings", True),
                 learned_positions=P, norm="layer", qkv_bias=True, o_bias=True, mlp_bias=True,
-                gated_mlp=False, layer_types=("full",) * L)
+                gated_mlp=False, layer_types=("full",) * L,
+                attention_dropout=r.float("attn_pdrop", default=0.1),
+                hidden_dropout=r.float("resid_pdrop", default=0.1),
+                embedding_dropout=r.float("embd_pdrop", default=0.1))
 
 
 def _opt(r: _Reader) -> dict:
@@ -266,7 +287,8 @@ def _opt(r: _Reader) -> dict:
                 embed_dim=r.int("word_embed_proj_dim", default=H),
                 learned_positions=P + 2,  # OPTLearnedPositionalEmbedding keeps an offset of 2 rows
                 norm="layer", final_norm=pre_ln and not r.bool("_remove_final_layer_norm", False),
-                qkv_bias=bias, o_bias=bias, mlp_bias=bias, gated_mlp=False, layer_types=("full",) * L)
+                qkv_bias=bias, o_bias=bias, mlp_bias=bias, gated_mlp=False, layer_types=("full",) * L,
+                attention_dropout=r.float("attention_dropout"), hidden_dropout=r.float("dropout", default=0.1))
 
 
 def _falcon(r: _Reader) -> dict:
@@ -291,7 +313,8 @@ def _falcon(r: _Reader) -> dict:
                 tie_word_embeddings=r.bool("tie_word_embeddings", True), norm="layer",
                 norms_per_layer=n_ln, qkv_bias=bias, o_bias=bias, mlp_bias=bias, gated_mlp=False,
                 parallel_attn=parallel or new_arch, new_decoder_architecture=new_arch,
-                layer_types=("full",) * L)
+                layer_types=("full",) * L, attention_dropout=r.float("attention_dropout"),
+                hidden_dropout=r.float("hidden_dropout"))
 
 
 #: ``model_type`` -> reader.  Aliases share a reader.

@@ -1,0 +1,50 @@
+"""Inference memory: weights + the prefill's peak, KV cache included (chapter 03).
+
+The reference scenario (DESIGN §4): ``model.eval()``, ``torch.no_grad()``, one forward of
+``batch_size`` sequences of ``seq_len`` tokens with ``use_cache=True, logits_to_keep=1``.
+``total = weights + prefill_peak``, where ``prefill_peak`` is the peak of live bytes above
+the weights: the whole KV cache (the last layer's entry is written before its attention
+runs) plus the largest transient of :func:`memlib.activations.prefill_transients`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .activations import Scenario, attention_used, prefill_transients
+from .breakdown import Breakdown
+from .kv_cache import check_seq_len, kv_cache
+from .spec import load_spec
+from .units import canonical_dtype, dtype_bytes
+from .validation import positive_int
+from .weights import weight_memory
+
+
+def inference_memory(model, batch_size, seq_len, dtype: str = "bf16", kv_dtype: str | None = None,
+                     attention: str = "sdpa", window_tokens: str = "window-1") -> Breakdown:
+    """Weights + prefill peak of one batch (chapter 03 §inference).
+
+    Components: ``weights``, ``kv_cache``, ``activations`` (the transient at the peak).
+    ``meta["peak_at"]`` names where in the layer the peak happens (``"mlp"``,
+    ``"moe_combine"`` or ``"attention"``).  ``kv_dtype`` defaults to ``dtype``;
+    ``window_tokens`` is passed to :func:`memlib.kv_cache` (``"all"`` reproduces what
+    transformers holds right after a prefill).
+    """
+    spec = load_spec(model)
+    seq_len = check_seq_len(spec, seq_len)
+    batch_size = positive_int("batch_size", batch_size)
+    dtype = canonical_dtype(dtype, "dtype", allowed=("fp32", "fp16", "bf16"))
+    kv_dtype = dtype if kv_dtype is None else kv_dtype
+    sc = Scenario(batch_size, seq_len, "bf16", attention)
+    weights = weight_memory(spec, dtype).total
+    kv = kv_cache(spec, seq_len, batch_size, kv_dtype, window_tokens=window_tokens).total
+    cands = prefill_transients(spec, sc, int(dtype_bytes(dtype)))
+    names = list(cands)
+    stacked = np.stack([np.broadcast_to(cands[n], np.shape(kv)) for n in names])
+    transient = stacked.max(axis=0)
+    where = names[int(stacked.argmax(axis=0))] if np.ndim(transient) == 0 else np.array(names)[stacked.argmax(axis=0)]
+    if np.ndim(transient) == 0:
+        transient = int(transient)
+    comps = {"weights": weights, "kv_cache": kv, "activations": transient}
+    meta = {"prefill_peak": kv + transient, "peak_at": where, "attention": attention_used(spec, attention),
+            "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype, "kv_dtype": kv_dtype}
+    return Breakdown(comps, title=f"{spec.name} prefill, b={batch_size} s={seq_len} {dtype}", meta=meta)
