@@ -61,8 +61,50 @@ def cmd_catalog(args):
     _emit(args, rows, table)
 
 
+def _breakdown_payload(args, b, **extra) -> dict:
+    return {"model": args.model, "total": b.total, "components": dict(b.components), **extra}
+
+
+def cmd_inference(args):
+    """JSON: total (weights + prefill peak), components, prefill_peak, peak_at."""
+    from .inference import inference_memory
+    b = inference_memory(args.model, args.batch_size, args.seq_len, args.dtype, args.kv_dtype,
+                         args.attention)
+    payload = _breakdown_payload(args, b, prefill_peak=int(b.meta["prefill_peak"]), peak_at=b.meta["peak_at"],
+                                 batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+                                 kv_dtype=args.kv_dtype or args.dtype, attention=b.meta["attention"])
+    _emit(args, payload, b.table() + f"\n\npeak in the last layer's {b.meta['peak_at']}")
+
+
+def _phase_payload(args, b, **extra):
+    return _breakdown_payload(args, b, peak=b.total, peak_phase=b.peak_phase, phase_peak=dict(b.phases),
+                              peak_at=b.meta["peak_at"], batch_size=args.batch_size, seq_len=args.seq_len,
+                              **extra)
+
+
+def cmd_train(args):
+    """JSON: peak (bytes), peak_phase (forward|backward|step), components, phase_peak."""
+    from .training import train_memory
+    b = train_memory(args.model, args.batch_size, args.seq_len, args.precision, args.optimizer,
+                     args.recompute, args.attention, args.grad_accum)
+    payload = _phase_payload(args, b, precision=args.precision, optimizer=args.optimizer,
+                             recompute=args.recompute, attention=b.meta["attention"], grad_accum=args.grad_accum)
+    _emit(args, payload, b.table())
+
+
+def cmd_lora(args):
+    """JSON: peak, peak_phase, components, trainable_params."""
+    from .lora import lora_memory
+    b = lora_memory(args.model, args.batch_size, args.seq_len, args.rank, args.targets.split(","),
+                    args.base, args.double_quant, optimizer=args.optimizer, recompute=args.recompute,
+                    attention=args.attention)
+    payload = _phase_payload(args, b, trainable_params=b.meta["trainable_params"], rank=args.rank,
+                             base=args.base, targets=b.meta["targets"])
+    _emit(args, payload, b.table() + f"\n\ntrainable parameters: {b.meta['trainable_params']:,}")
+
+
 #: Extra subcommands contributed by other modules: name -> "module" exposing add_parser(sub).
-EXTRA_COMMANDS = ["memlib.measure.cli", "memlib.estimate_cli"]
+EXTRA_COMMANDS = ["memlib.measure.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +128,40 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mla-form", default="latent", choices=["latent", "expanded"])
     sp.add_argument("--block-size", type=int, default=None, help="paged blocks of this many tokens")
     sp.set_defaults(func=cmd_kv)
+
+    def step(sp):
+        sp.add_argument("--batch-size", type=int, required=True)
+        sp.add_argument("--seq-len", type=int, required=True)
+        sp.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"])
+
+    sp = sub.add_parser("inference", help="weights + prefill peak (KV cache included)")
+    common(sp)
+    step(sp)
+    sp.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16"])
+    sp.add_argument("--kv-dtype", default=None, help="defaults to --dtype")
+    sp.set_defaults(func=cmd_inference)
+
+    sp = sub.add_parser("train", help="peak of one training step, and its phase")
+    common(sp)
+    step(sp)
+    sp.add_argument("--precision", default="bf16", choices=["bf16", "mixed"])
+    sp.add_argument("--optimizer", default="adamw",
+                    choices=["adamw", "sgd", "sgd_momentum", "adafactor", "adamw_8bit", "lion"])
+    sp.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
+    sp.add_argument("--grad-accum", type=int, default=1)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("lora", help="peak of one LoRA / QLoRA training step")
+    common(sp)
+    step(sp)
+    sp.add_argument("--rank", type=int, default=16)
+    sp.add_argument("--targets", default="all-linear", help="all-linear, attention, mlp, or q,k,v,o,gate,up,down")
+    sp.add_argument("--base", default="bf16", choices=["bf16", "nf4"])
+    sp.add_argument("--double-quant", action="store_true")
+    sp.add_argument("--optimizer", default="adamw",
+                    choices=["adamw", "sgd", "sgd_momentum", "adafactor", "adamw_8bit", "lion"])
+    sp.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
+    sp.set_defaults(func=cmd_lora)
 
     sp = sub.add_parser("catalog", help="list the catalog models")
     sp.add_argument("--json", action="store_true")

@@ -108,6 +108,54 @@ def active_params(model) -> int:
     return count_params(model).meta["active"]
 
 
+def named_linears(model) -> list[tuple[str, str, int, int, int]]:
+    """The weight matrices of the decoder layers as ``(component, module, in, out, count)``.
+
+    ``module`` is the projection's role: ``q k v o`` (or ``qkv`` where a family fuses
+    them; ``q_a q_b kv_a kv_b`` for MLA), ``gate up down`` (``gate_up`` fused), with an
+    ``expert_`` or ``shared_`` prefix inside MoE blocks.  LoRA targets these names
+    (chapter 04); quantisation formats quantise these matrices (chapter 01).
+    """
+    spec = load_spec(model)
+    H, L = spec.hidden_size, spec.num_layers
+    n_moe = sum(spec.moe_layers)
+    out: list[tuple[str, str, int, int, int]] = []
+    if spec.is_mla:
+        q_dim = spec.num_heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
+        if spec.q_lora_rank:
+            out += [("attention", "q_a", H, spec.q_lora_rank, L), ("attention", "q_b", spec.q_lora_rank, q_dim, L)]
+        else:
+            out += [("attention", "q", H, q_dim, L)]
+        out += [("attention", "kv_a", H, spec.kv_lora_rank + spec.qk_rope_head_dim, L),
+                ("attention", "kv_b", spec.kv_lora_rank,
+                 spec.num_heads * (spec.qk_nope_head_dim + spec.v_head_dim), L),
+                ("attention", "o", spec.num_heads * spec.v_head_dim, H, L)]
+    else:
+        q_out, kv_out = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+        if spec.model_type in FUSED_QKV:
+            out += [("attention", "qkv", H, q_out + 2 * kv_out, L)]
+        else:
+            out += [("attention", "q", H, q_out, L), ("attention", "k", H, kv_out, L),
+                    ("attention", "v", H, kv_out, L)]
+        out += [("attention", "o", q_out, H, L)]
+
+    def mlp(component, prefix, width, count):
+        if not count or not width:
+            return []
+        if not spec.gated_mlp:
+            return [(component, prefix + "up", H, width, count), (component, prefix + "down", width, H, count)]
+        if spec.model_type in FUSED_GATE_UP:
+            return [(component, prefix + "gate_up", H, 2 * width, count),
+                    (component, prefix + "down", width, H, count)]
+        return [(component, prefix + "gate", H, width, count), (component, prefix + "up", H, width, count),
+                (component, prefix + "down", width, H, count)]
+
+    out += mlp("mlp", "", spec.intermediate_size, L - n_moe)
+    out += mlp("experts", "expert_", spec.moe_intermediate_size, n_moe * spec.num_experts)
+    out += mlp("shared_experts", "shared_", spec.shared_intermediate_size, n_moe)
+    return out
+
+
 def linear_layers(model) -> list[tuple[str, int, int, int]]:
     """The weight matrices of the decoder layers as ``(component, in, out, count)``.
 
@@ -116,40 +164,7 @@ def linear_layers(model) -> list[tuple[str, int, int, int]]:
     projections (GPT-2/Falcon/Phi-3 ``qkv``, Phi-3 ``gate_up``) are one matrix.
     ``sum(in*out*count)`` plus the non-matrix parameters equals :func:`total_params`.
     """
-    spec = load_spec(model)
-    H, L = spec.hidden_size, spec.num_layers
-    n_moe = sum(spec.moe_layers)
-    out: list[tuple[str, int, int, int]] = []
-    if spec.is_mla:
-        q_dim = spec.num_heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
-        if spec.q_lora_rank:
-            out += [("attention", H, spec.q_lora_rank, L), ("attention", spec.q_lora_rank, q_dim, L)]
-        else:
-            out += [("attention", H, q_dim, L)]
-        out += [("attention", H, spec.kv_lora_rank + spec.qk_rope_head_dim, L),
-                ("attention", spec.kv_lora_rank, spec.num_heads * (spec.qk_nope_head_dim + spec.v_head_dim), L),
-                ("attention", spec.num_heads * spec.v_head_dim, H, L)]
-    else:
-        q_out, kv_out = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-        if spec.model_type in FUSED_QKV:
-            out += [("attention", H, q_out + 2 * kv_out, L)]
-        else:
-            out += [("attention", H, q_out, L), ("attention", H, kv_out, 2 * L)]
-        out += [("attention", q_out, H, L)]
-
-    def mlp(component, width, count):
-        if not count or not width:
-            return []
-        if not spec.gated_mlp:
-            return [(component, H, width, count), (component, width, H, count)]
-        if spec.model_type in FUSED_GATE_UP:
-            return [(component, H, 2 * width, count), (component, width, H, count)]
-        return [(component, H, width, 2 * count), (component, width, H, count)]
-
-    out += mlp("mlp", spec.intermediate_size, L - n_moe)
-    out += mlp("experts", spec.moe_intermediate_size, n_moe * spec.num_experts)
-    out += mlp("shared_experts", spec.shared_intermediate_size, n_moe)
-    return out
+    return [(component, i, o, n) for component, _, i, o, n in named_linears(model)]
 
 
 def linear_bias_params(model) -> int:

@@ -19,9 +19,13 @@ reports the peak, the phase it falls in, and what is live then.  Precision recip
 * ``mixed``: fp32 params, gradients and AdamW state: ``4 + 4 + 8 = 16`` bytes/param (the
   ZeRO paper's figure), plus autocast's cache of bf16 copies of every matmul weight,
   ``2`` bytes/param, alive from its first use in the forward to the end of the backward.
+
+The timeline itself (:func:`step_timeline`) is shared with LoRA (:mod:`memlib.lora`),
+which changes what is trainable but not how a step unfolds.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -35,6 +39,9 @@ from .spec import ModelSpec, load_spec
 from .validation import choice, positive_int
 
 PHASES = ("forward", "backward", "step")
+#: What each layer keeps under selective recompute: everything but attention's S×S tensors.
+QUADRATIC = ("attn.softmax", "attn.probs_bf16", "attn.dropout_mask", "attn.dropout_out",
+             "attn.softcap_tanh", "attn.sliding_mask")
 
 
 def largest_param_tensor(spec: ModelSpec) -> int:
@@ -50,6 +57,7 @@ def largest_param_tensor(spec: ModelSpec) -> int:
     return biggest
 
 
+@lru_cache(maxsize=256)
 def matmul_weight_params(spec: ModelSpec) -> int:
     """Parameters autocast casts to bf16 and caches: every Linear's weight and bias, lm_head
     and the MoE routers (DeepSeek's router too: it upcasts to fp32, autocast casts back)."""
@@ -60,22 +68,22 @@ def matmul_weight_params(spec: ModelSpec) -> int:
     return n
 
 
-def step_temporaries(spec: ModelSpec, optimizer: str, state_bytes: int) -> int:
+def step_temporaries(optimizer: str, largest_tensor: int, state_bytes: int) -> int:
     """Peak extra bytes inside ``optimizer.step()`` with ``foreach=False`` (one tensor at a time)."""
     if optimizer in ("adamw", "adamw_8bit"):
-        return 2 * largest_param_tensor(spec) * state_bytes      # sqrt(v), then sqrt(v) / c
+        return 2 * largest_tensor * state_bytes      # sqrt(v), then sqrt(v) / c
     if optimizer == "adafactor":
-        return largest_param_tensor(spec) * state_bytes
-    return 0                                                     # SGD and Lion update in place
+        return largest_tensor * state_bytes
+    return 0                                         # SGD and Lion update in place
 
 
 @lru_cache(maxsize=256)
 def _grads_by_stage(spec: ModelSpec, param_bytes: int):
-    """Gradient bytes that appear at each stage of the backward.
+    """Gradient bytes that appear at each stage of a full fine-tune's backward.
 
-    Returns ``(head, per_layer, embedding)``: lm_head and final norm first (with tied
-    embeddings the shared matrix's gradient is created here), then one entry per layer,
-    then the embedding (whose gradient is added into the tied one, if any).
+    ``(head, per_layer, embedding, tied)``: lm_head and the final norm first (with tied
+    embeddings the shared matrix's gradient is created here), then each layer, then the
+    embedding; ``tied`` is the shared matrix's gradient, which the embedding adds to.
     """
     c = count_params(spec).components
     norm = spec.hidden_size * (2 if spec.norm == "layer" else 1) if spec.final_norm else 0
@@ -83,32 +91,25 @@ def _grads_by_stage(spec: ModelSpec, param_bytes: int):
     head = (c.get("lm_head", 0) + norm + tied_matrix) * param_bytes
     embedding = (c.get("embeddings", 0) - tied_matrix) * param_bytes
     layers_total = count_params(spec).total * param_bytes - head - embedding
-    per_layer = np.full(spec.num_layers, layers_total // spec.num_layers, dtype=np.int64)
-    return head, per_layer, embedding, tied_matrix * param_bytes
+    return head, layers_total // spec.num_layers, embedding, tied_matrix * param_bytes
 
 
-def _backward_candidates(spec: ModelSpec, sc: Scenario, saved: dict):
-    """Extra bytes at the two busiest moments of one layer's backward, given its saved tensors.
+@dataclass
+class StepInputs:
+    """Everything :func:`step_timeline` needs, in bytes (arrays allowed for activations)."""
 
-    * MLP: the gradients of the MLP's two inputs (gate and up) exist together;
-    * attention: the MLP's tensors are already freed; eager attention's softmax backward
-      holds the fp32 gradient of the probabilities and of the scores (``2 × 4·B·heads·S²``)
-      after the bf16 probabilities are freed.
-    Returns ``(mlp_extra, attention_extra)``, both relative to "everything saved is alive".
-    """
-    T = sc.tokens
-    mlp_keys = [k for k in saved if k.startswith(("mlp.", "moe.", "post_attn_norm", "pre_mlp_norm",
-                                                  "post_mlp_norm", "ln_2", "ln_mlp"))]
-    mlp_saved = sum(saved[k] for k in mlp_keys)
-    if any(k.startswith("moe.") for k in saved):
-        mlp_extra = 2 * 2 * T * spec.experts_per_token * spec.moe_intermediate_size
-    else:
-        mlp_extra = 2 * 2 * T * spec.intermediate_size
-    attn_extra = -mlp_saved
-    if "attn.softmax" in saved:
-        n = sc.batch_size * spec.num_heads * sc.seq_len * sc.seq_len
-        attn_extra = attn_extra + 8 * n - saved.get("attn.probs_bf16", 0)
-    return mlp_extra, attn_extra
+    weights: int
+    optimizer: int
+    grads_head: int
+    grads_per_layer: int
+    grads_embedding: int
+    grads_tied: int
+    autocast_cache: int
+    autocast_cache_head: int
+    step_extra: int
+    layers: dict          # moe flag -> {tensor: bytes} saved by such a layer
+    backward_mlp_extra: dict
+    frozen_head: bool = False   # LoRA: the final norm and lm_head do not train
 
 
 def _total(d: dict):
@@ -118,20 +119,130 @@ def _total(d: dict):
     return out
 
 
+def _max(values):
+    out = values[0]
+    for v in values[1:]:
+        out = np.maximum(out, v)
+    return out
+
+
+def _backward_attention_extra(spec: ModelSpec, sc: Scenario, saved: dict):
+    """Extra bytes during one layer's attention backward, relative to "all saved alive".
+
+    The MLP's tensors are already freed; eager attention's softmax backward holds the
+    fp32 gradients of the probabilities and of the scores (``2 × 4·B·heads·S²``), after
+    the bf16 probabilities are freed.
+    """
+    mlp_saved = sum(v for k, v in saved.items()
+                    if k.startswith(("mlp.", "moe.", "post_attn_norm", "pre_mlp_norm", "post_mlp_norm",
+                                     "ln_2", "ln_mlp")))
+    extra = -mlp_saved
+    if "attn.softmax" in saved:
+        n = sc.batch_size * spec.num_heads * sc.seq_len * sc.seq_len
+        extra = extra + 8 * n - saved.get("attn.probs_bf16", 0)
+    return extra
+
+
+def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str = "none",
+                  grad_accum: int = 1):
+    """Live bytes at every boundary of one training step.
+
+    Returns ``(marks, saved_at_end)`` where ``marks`` is a list of
+    ``(phase, label, {category: bytes})`` with categories ``weights``, ``optimizer``,
+    ``gradients``, ``autocast_cache``, ``activations`` and ``transient``.
+    """
+    T, H, V, L = sc.tokens, spec.hidden_size, spec.vocab_size, spec.num_layers
+    full = {m: _total(d) for m, d in x.layers.items()}
+    if recompute == "full":
+        kept = {m: sc.residual_bytes * T * H for m in x.layers}           # the layer's input only
+    elif recompute == "selective":
+        kept = {m: _total({k: v for k, v in d.items() if k not in QUADRATIC}) for m, d in x.layers.items()}
+    else:
+        kept = full
+    attn_extra = {m: _backward_attention_extra(spec, sc, d) for m, d in x.layers.items()}
+    model_level = model_saved(spec, sc)
+    if x.frozen_head:       # nothing needs the final norm's normalised tensor or its output
+        model_level.pop("final_norm.normalised", None)
+        model_level.pop("final_norm.output", None)
+    pre = model_level.pop("rope.cos_sin")
+    log_softmax = model_level.pop("loss.log_softmax_fp32")
+    head_saved = _total(model_level)            # final norm, labels (and Gemma's logit soft-cap)
+    logits_fp32 = 4 * T * V
+    dh = sc.residual_bytes * T * H              # the gradient flowing between layers
+    layer_cache = (x.autocast_cache - x.autocast_cache_head) // L
+    accum = x.grads_head + L * x.grads_per_layer + x.grads_embedding if grad_accum > 1 else 0
+    new = 0 if grad_accum > 1 else 1            # accumulating: gradients are added in place
+    marks = []
+
+    def mark(phase, label, grads, cache, acts, transient):
+        marks.append((phase, label, {"weights": x.weights, "optimizer": x.optimizer, "gradients": grads,
+                                     "autocast_cache": cache, "activations": acts, "transient": transient}))
+
+    # -- forward: each layer's tensors exist while it runs; it keeps `kept`
+    acts, cache = pre, 0
+    for i, m in enumerate(spec.moe_layers):
+        cache += layer_cache
+        mark("forward", f"layer {i}", accum, cache, acts, full[m])
+        acts = acts + kept[m]
+    cache = x.autocast_cache
+    acts = acts + head_saved
+    mark("forward", "loss", accum, cache, acts, 2 * T * V + logits_fp32 + log_softmax)  # bf16, fp32, log-softmax
+    acts = acts + log_softmax
+    mark("forward", "end", accum, cache, acts, 0)
+    saved_at_end = acts
+    # -- backward: the loss's fp32 gradient buffers, then layer by layer from the last
+    mark("backward", "loss", accum, cache, acts, 2 * logits_fp32)
+    acts = acts - log_softmax - head_saved
+    grads = accum + x.grads_head * new
+    mark("backward", "lm_head", grads, cache, acts, dh)
+    for i in reversed(range(L)):
+        m = spec.moe_layers[i]
+        back = full[m] - kept[m]                    # with recompute, the layer's tensors come back
+        mark("backward", f"layer {i} mlp", grads, cache, acts, dh + back + x.backward_mlp_extra[m])
+        mark("backward", f"layer {i} attention", grads, cache, acts, dh + _max([back + attn_extra[m], 0 * back]))
+        acts = acts - kept[m]
+        grads = grads + x.grads_per_layer * new
+    # the embedding's gradient is computed while its output's gradient is alive; a tied
+    # matrix already has a gradient (from lm_head) and the two are summed out of place
+    mark("backward", "embedding", grads, cache, acts, dh + x.grads_embedding * new + 2 * x.grads_tied * new)
+    grads = grads + x.grads_embedding * new
+    # -- step
+    mark("step", "optimizer", grads, 0, 0, x.step_extra)
+    return marks, saved_at_end
+
+
+def summarize(marks, title: str, meta: dict) -> Breakdown:
+    """The peak of a timeline as a Breakdown: components live at the peak, phases, peak phase."""
+    totals = [(ph, label, _total(c)) for ph, label, c in marks]
+    phases = {ph: _max([v for q, _, v in totals if q == ph]) for ph in PHASES}
+    scalar = all(np.ndim(v) == 0 for v in phases.values())
+    meta = dict(meta, timeline=[(ph, label, v) for ph, label, v in totals])
+    if not scalar:   # vectorised: the peak and its phase per grid point
+        stacked = np.stack([np.broadcast_to(phases[ph], np.broadcast(*phases.values()).shape) for ph in PHASES])
+        meta["peak_phase"] = np.array(PHASES)[np.argmax(stacked, axis=0)]
+        return Breakdown({"peak": np.max(stacked, axis=0)}, title=title, phases=phases, meta=meta)
+    phases = {k: int(v) for k, v in phases.items()}
+    best = max(range(len(totals)), key=lambda i: totals[i][2])
+    peak_phase, label, comps = marks[best]
+    meta.update(peak_phase=peak_phase, peak_at=label)
+    comps = {k: int(v) for k, v in comps.items() if np.ndim(v) > 0 or v}
+    return Breakdown(comps, title=title, phases=phases, peak_phase=peak_phase, meta=meta)
+
+
 def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
                  recompute: str = "none", attention: str = "sdpa", grad_accum: int = 1,
                  device: str = "cuda") -> Breakdown:
-    """Peak memory of one training step and the phase where it happens (chapter 04).
+    """Peak memory of one full fine-tuning step and the phase where it happens (chapter 04).
 
     Components are what is live at the peak: ``weights``, ``optimizer``, ``gradients``,
-    ``autocast_cache``, ``activations`` (saved by autograd) and ``transient`` (loss
+    ``autocast_cache``, ``activations`` (saved by autograd) and ``transient`` (the loss's
     buffers, gradients of activations, optimizer temporaries).  ``phases`` holds the
-    peak of each phase; ``peak_phase`` the one that wins; ``meta["timeline"]`` lists
+    peak of each phase, ``peak_phase`` the one that wins, ``meta["timeline"]`` the
     ``(phase, label, live bytes)`` at every boundary.  ``grad_accum > 1`` keeps gradients
     alive through the forward of the later micro-batches.  ``batch_size`` and ``seq_len``
-    may be numpy arrays (then ``peak_phase`` is an array of phase names in ``meta``).
-    ``device="cpu"`` models the CPU's dropout masks (activation dtype instead of bool),
-    to compare with the bench.
+    may be numpy arrays: the result then has one ``peak`` component (an array) and
+    ``meta["peak_phase"]`` is an array of phase names.  ``device="cpu"`` models the
+    CPU's dropout masks (activation dtype instead of bool), to compare with the bench.
     """
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
@@ -140,104 +251,30 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     choice("optimizer", optimizer, OPTIMIZERS)
     choice("recompute", recompute, RECOMPUTE)
     sc = Scenario(batch_size, seq_len, precision, attention, device)
-    p = 4 if precision == "mixed" else 2
-    T, H, V, L = sc.tokens, spec.hidden_size, spec.vocab_size, spec.num_layers
-
-    weights = count_params(spec).total * p
-    opt = optimizer_state_bytes(spec, optimizer, state_bytes=p)
-    cache = 2 * matmul_weight_params(spec) if precision == "mixed" else 0
-    head_cache = 2 * V * spec.embed_dim if precision == "mixed" else 0
-    g_head, g_layer, g_emb, g_tied = _grads_by_stage(spec, p)
-    grads = weights
-    accum = grads if grad_accum > 1 else 0          # gradients already there from earlier micro-batches
-
-    # what each layer keeps, and what exists while it runs
-    kinds = {m: layer_saved(spec, sc, moe=m) for m in set(spec.moe_layers)}
-    full = {m: _total(d) for m, d in kinds.items()}
-    extra = {m: _backward_candidates(spec, sc, d) for m, d in kinds.items()}
-    if recompute == "full":
-        kept = {m: sc.residual_bytes * T * H for m in kinds}           # the layer's input only
-    elif recompute == "selective":
-        kept = {m: _total({k: v for k, v in d.items() if k not in ("attn.softmax_fp32", "attn.probs")})
-                for m, d in kinds.items()}
-    else:
-        kept = full
-    model_level = model_saved(spec, sc)
-    pre = model_level.pop("rope.cos_sin")
-    log_softmax = model_level.pop("loss.log_softmax_fp32")
-    head_saved = _total(model_level)            # final norm + shifted labels
-    logits_fp32 = 4 * T * V
-    dh = sc.residual_bytes * T * H              # the gradient flowing between layers
-    resident = weights + opt
-    layer_cache = (cache - head_cache) / L if cache else 0
-
-    timeline = []
-
-    def mark(phase, label, live):
-        timeline.append((phase, label, live))
-
-    # -- forward ---------------------------------------------------------------------
-    live = resident + accum + pre
-    for i, m in enumerate(spec.moe_layers):
-        mark("forward", f"layer {i}", live + full[m] + layer_cache)       # the layer's own tensors exist
-        live = live + kept[m] + layer_cache
-    live = live + head_saved + head_cache
-    mark("forward", "loss", live + 2 * T * V + logits_fp32 + log_softmax)  # bf16 logits, fp32 copy, log-softmax
-    live = live + log_softmax
-    mark("forward", "end", live)
-    saved_at_end = live - resident - accum - cache
-
-    # -- backward --------------------------------------------------------------------
-    new_grads = 0 if grad_accum > 1 else 1       # accumulating: gradients are added in place
-    mark("backward", "loss", live + 2 * logits_fp32)                      # d log-softmax, d logits (fp32)
-    live = live - log_softmax - head_saved + dh + g_head * new_grads
-    mark("backward", "lm_head", live)
-    for i in reversed(range(L)):
-        m = spec.moe_layers[i]
-        during = live + (full[m] - kept[m])          # with recompute, the layer's tensors come back
-        mark("backward", f"layer {i} mlp", during + extra[m][0])
-        mark("backward", f"layer {i} attention", during + _max([extra[m][1], 0 * during]))
-        live = live - kept[m] + g_layer[i] * new_grads
-    # the embedding's gradient is computed while the gradient of its output is alive; a tied
-    # matrix already has one (from lm_head), and the two are summed out of place
-    mark("backward", "embedding", live + g_emb * new_grads + 2 * g_tied)
-    live = live - dh + g_emb * new_grads
-    # -- step ------------------------------------------------------------------------
-    mark("step", "optimizer", resident + grads + step_temporaries(spec, optimizer, p))
-
-    phases = {ph: _max([v for q, _, v in timeline if q == ph]) for ph in PHASES}
-    stacked = np.stack([np.broadcast_to(phases[ph], np.shape(T)) for ph in PHASES])
-    winner = np.argmax(stacked, axis=0)
-    peak = np.max(stacked, axis=0)
-    scalar = np.ndim(peak) == 0
-    peak_phase = PHASES[int(winner)] if scalar else np.array(PHASES)[winner]
-    if scalar:
-        peak, phases = int(peak), {k: int(v) for k, v in phases.items()}
-    # what is live at the peak, by category
-    at = {"weights": weights, "optimizer": opt}
-    if scalar:
-        if peak_phase == "step":
-            at.update(gradients=grads, transient=peak - resident - grads)
-        elif peak_phase == "forward":
-            at.update(gradients=accum, autocast_cache=cache, activations=saved_at_end,
-                      transient=peak - resident - accum - cache - saved_at_end)
-        else:
-            at.update(gradients_and_activations=peak - resident - cache, autocast_cache=cache)
-    else:
-        at["gradients_activations_transients"] = peak - resident
+    p = 4 if sc.mixed else 2
+    head, per_layer, emb, tied = _grads_by_stage(spec, p)
+    layers = {m: layer_saved(spec, sc, moe=m) for m in set(spec.moe_layers)}
+    inputs = StepInputs(
+        weights=count_params(spec).total * p,
+        optimizer=optimizer_state_bytes(spec, optimizer, state_bytes=p),
+        grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
+        autocast_cache=2 * matmul_weight_params(spec) if sc.mixed else 0,
+        autocast_cache_head=2 * spec.vocab_size * spec.embed_dim if sc.mixed else 0,
+        step_extra=step_temporaries(optimizer, largest_param_tensor(spec), p),
+        layers=layers,
+        backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers})
+    marks, saved = step_timeline(spec, sc, inputs, recompute, grad_accum)
     meta = {"precision": precision, "optimizer": optimizer, "recompute": recompute,
-            "attention": attention_used(spec, attention), "grad_accum": grad_accum,
-            "batch_size": batch_size, "seq_len": seq_len, "timeline": timeline,
-            "activations_saved": saved_at_end, "autocast_cache": cache, "gradients": grads,
-            "optimizer_state": opt, "peak_phase": peak_phase}
+            "attention": attention_used(spec, attention), "grad_accum": grad_accum, "device": device,
+            "batch_size": batch_size, "seq_len": seq_len, "activations_saved": saved,
+            "autocast_cache": inputs.autocast_cache, "optimizer_state": inputs.optimizer}
     title = (f"{spec.name} train step, b={batch_size} s={seq_len} {precision} {optimizer} "
              f"recompute={recompute}")
-    return Breakdown({k: v for k, v in at.items() if not (np.isscalar(v) and v == 0)} if scalar else at,
-                     title=title, phases=phases, peak_phase=peak_phase if scalar else None, meta=meta)
+    return summarize(marks, title, meta)
 
 
-def _max(values):
-    out = values[0]
-    for v in values[1:]:
-        out = np.maximum(out, v)
-    return out
+def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):
+    """Extra bytes in an MLP's backward: the gradients of its two inputs (gate and up) together."""
+    if moe:
+        return 2 * 2 * sc.tokens * spec.experts_per_token * spec.moe_intermediate_size
+    return 2 * 2 * sc.tokens * spec.intermediate_size

@@ -61,3 +61,42 @@ def test_bad_arguments_one_line(args, needle):
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
+
+
+def test_train_json_contract():
+    out = run("train", "Llama-3.1-8B", "--batch-size", "1", "--seq-len", "512", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["peak_phase"] in ("forward", "backward", "step")
+    assert d["peak"] == sum(d["components"].values()) == d["phase_peak"][d["peak_phase"]]
+    # bf16 AdamW: weights + two states, 3 x 2 bytes x 8,030,261,248 params, are always resident
+    assert d["components"]["weights"] + d["components"]["optimizer"] == 3 * 2 * 8_030_261_248
+
+
+def test_inference_json_contract():
+    out = run("inference", "Qwen3-0.6B", "--batch-size", "2", "--seq-len", "1024", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["total"] == sum(d["components"].values())
+    # 28 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 114,688 B/token; 2 x 1024 tokens
+    assert d["components"]["kv_cache"] == 2 * 1024 * 114_688
+    assert d["components"]["weights"] == 2 * 596_049_920
+
+
+def test_lora_json_contract():
+    d = json.loads(run("lora", "Llama-2-7b", "--batch-size", "1", "--seq-len", "256", "--rank", "8",
+                       "--targets", "q,v", "--json").stdout)
+    assert d["trainable_params"] == 4_194_304 and d["peak"] == sum(d["components"].values())
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("train", "gpt2", "--batch-size", "1", "--seq-len", "4096"), "max_position_embeddings"),
+    (("train", "gpt2", "--batch-size", "0", "--seq-len", "128"), "batch_size"),
+    (("train", "gpt2", "--batch-size", "1", "--seq-len", "128", "--precision", "fp8"), "--precision"),
+    (("inference", "gpt2", "--batch-size", "1"), "--seq-len"),
+])
+def test_estimate_bad_arguments_one_line(args, needle):
+    out = run(*args)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], out.stderr
