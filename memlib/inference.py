@@ -38,12 +38,13 @@ def inference_memory(model, batch_size, seq_len, dtype: str = "bf16", kv_dtype: 
     weights = weight_memory(spec, dtype).total
     kv = kv_cache(spec, seq_len, batch_size, kv_dtype, window_tokens=window_tokens).total
     cands = prefill_transients(spec, sc, int(dtype_bytes(dtype)))
-    names = list(cands)
-    stacked = np.stack([np.broadcast_to(cands[n], np.shape(kv)) for n in names])
-    transient = stacked.max(axis=0)
-    where = names[int(stacked.argmax(axis=0))] if np.ndim(transient) == 0 else np.array(names)[stacked.argmax(axis=0)]
-    if np.ndim(transient) == 0:
-        transient = int(transient)
+    if np.ndim(kv) == 0:
+        where = max(cands, key=cands.get)
+        transient = int(cands[where])
+    else:
+        names = list(cands)
+        stacked = np.stack([np.broadcast_to(cands[n], np.shape(kv)) for n in names])
+        transient, where = stacked.max(axis=0), np.array(names)[stacked.argmax(axis=0)]
     comps = {"weights": weights, "kv_cache": kv, "activations": transient}
     meta = {"prefill_peak": kv + transient, "peak_at": where, "attention": attention_used(spec, attention),
             "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype, "kv_dtype": kv_dtype}

@@ -154,4 +154,4 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
             "base_weights": base_weights, "activations_saved": saved,
             "batch_size": batch_size, "seq_len": seq_len}
     title = f"{spec.name} {'QLoRA' if base == 'nf4' else 'LoRA'} r={rank}, b={batch_size} s={seq_len}"
-    return summarize(marks, title, meta)
+    return summarize(marks, inputs, title, meta)

@@ -19,7 +19,10 @@ memlib leaves those few bytes out.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .params import param_tensors
+from .spec import load_spec
 from .validation import choice
 
 OPTIMIZERS = ("adamw", "sgd", "sgd_momentum", "adafactor", "adamw_8bit", "lion")
@@ -42,5 +45,10 @@ def tensor_state_bytes(matrices, vector_params: int, optimizer: str = "adamw",
 
 def optimizer_state_bytes(model, optimizer: str = "adamw", state_bytes: int = 4) -> int:
     """Bytes of optimizer state when every parameter of ``model`` trains."""
-    matrices, vectors = param_tensors(model)
+    return _model_state_bytes(load_spec(model), optimizer, state_bytes)
+
+
+@lru_cache(maxsize=1024)
+def _model_state_bytes(spec, optimizer: str, state_bytes: int) -> int:
+    matrices, vectors = param_tensors(spec)
     return tensor_state_bytes(matrices, vectors, optimizer, state_bytes)

@@ -15,6 +15,8 @@ counted once, as ``sum(p.numel() for p in model.parameters())`` does.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .breakdown import Breakdown
 from .spec import ModelSpec, load_spec
 
@@ -69,7 +71,12 @@ def count_params(model) -> Breakdown:
     shared experts + everything dense); ``meta["active_excluding_input_embedding"]``
     follows DeepSeek's "activated" convention, which does not count the embedding lookup.  Chapter 01 derives each term.
     """
-    spec = load_spec(model)
+    comps, meta, title = _count_params(load_spec(model))
+    return Breakdown(dict(comps), title=title, unit="params", meta=dict(meta))
+
+
+@lru_cache(maxsize=512)
+def _count_params(spec: ModelSpec):
     H, V, L = spec.hidden_size, spec.vocab_size, spec.num_layers
     n_moe = sum(spec.moe_layers)
     expert = mlp_params(spec, spec.moe_intermediate_size) if spec.is_moe else 0
@@ -91,16 +98,16 @@ def count_params(model) -> Breakdown:
     total = sum(comps.values())
     active = total - n_moe * (spec.num_experts - spec.experts_per_token) * expert
     input_embedding = spec.vocab_size * spec.embed_dim
-    return Breakdown(comps, title=f"{spec.name} parameters", unit="params",
-                     meta={"active": active,
-                           # DeepSeek's "activated" convention leaves out the embedding lookup
-                           "active_excluding_input_embedding": active - input_embedding,
-                           "non_embedding": total - comps["embeddings"] - comps.get("lm_head", 0)})
+    meta = {"active": active,
+            # DeepSeek's "activated" convention leaves out the embedding lookup
+            "active_excluding_input_embedding": active - input_embedding,
+            "non_embedding": total - comps["embeddings"] - comps.get("lm_head", 0)}
+    return tuple(comps.items()), tuple(meta.items()), f"{spec.name} parameters"
 
 
 def total_params(model) -> int:
     """Unique parameters of ``model`` (tied weights once)."""
-    return count_params(model).total
+    return sum(v for _, v in _count_params(load_spec(model))[0])
 
 
 def active_params(model) -> int:
@@ -116,7 +123,11 @@ def named_linears(model) -> list[tuple[str, str, int, int, int]]:
     ``expert_`` or ``shared_`` prefix inside MoE blocks.  LoRA targets these names
     (chapter 04); quantisation formats quantise these matrices (chapter 01).
     """
-    spec = load_spec(model)
+    return list(_named_linears(load_spec(model)))
+
+
+@lru_cache(maxsize=512)
+def _named_linears(spec: ModelSpec) -> tuple:
     H, L = spec.hidden_size, spec.num_layers
     n_moe = sum(spec.moe_layers)
     out: list[tuple[str, str, int, int, int]] = []
@@ -153,7 +164,7 @@ def named_linears(model) -> list[tuple[str, str, int, int, int]]:
     out += mlp("mlp", "", spec.intermediate_size, L - n_moe)
     out += mlp("experts", "expert_", spec.moe_intermediate_size, n_moe * spec.num_experts)
     out += mlp("shared_experts", "shared_", spec.shared_intermediate_size, n_moe)
-    return out
+    return tuple(out)
 
 
 def linear_layers(model) -> list[tuple[str, int, int, int]]:

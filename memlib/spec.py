@@ -9,6 +9,7 @@ read as JSON data: no remote code ever runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 from .catalog import load_config
@@ -339,7 +340,24 @@ def load_spec(model) -> ModelSpec:
     """
     if isinstance(model, ModelSpec):
         return model
-    name, cfg = load_config(model)
+    if isinstance(model, str) and model in _catalog_set():
+        return _catalog_spec(model)
+    return _read_spec(*load_config(model))
+
+
+@lru_cache(maxsize=1)
+def _catalog_set() -> frozenset:
+    from .catalog import catalog_names
+    return frozenset(catalog_names())
+
+
+@lru_cache(maxsize=None)
+def _catalog_spec(name: str) -> ModelSpec:
+    """Catalog files ship with memlib and never change: read each once."""
+    return _read_spec(*load_config(name))
+
+
+def _read_spec(name: str, cfg: dict) -> ModelSpec:
     mt = cfg.get("model_type")
     if mt is None:
         raise ValueError(f"config of {name} is missing required field 'model_type'; "

@@ -34,7 +34,7 @@ from .activations import RECOMPUTE, Scenario, attention_used, layer_saved, model
 from .breakdown import Breakdown
 from .kv_cache import check_seq_len
 from .optimizers import OPTIMIZERS, optimizer_state_bytes
-from .params import count_params, linear_bias_params, linear_layers
+from .params import count_params, linear_bias_params, linear_layers, total_params
 from .spec import ModelSpec, load_spec
 from .validation import choice, positive_int
 
@@ -143,15 +143,28 @@ def _backward_attention_extra(spec: ModelSpec, sc: Scenario, saved: dict):
     return extra
 
 
+@lru_cache(maxsize=256)
+def _runs(flags: tuple) -> list[tuple[bool, int, int]]:
+    """Contiguous runs of identical layers: ``[(moe, first, last + 1), ...]``."""
+    runs, first = [], 0
+    for i in range(1, len(flags) + 1):
+        if i == len(flags) or flags[i] != flags[first]:
+            runs.append((flags[first], first, i))
+            first = i
+    return runs
+
+
 def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str = "none",
                   grad_accum: int = 1):
     """Live bytes at every boundary of one training step.
 
-    Returns ``(marks, saved_at_end)`` where ``marks`` is a list of
-    ``(phase, label, {category: bytes})`` with categories ``weights``, ``optimizer``,
-    ``gradients``, ``autocast_cache``, ``activations`` and ``transient``.
+    Returns ``(marks, saved_at_end)``; each mark is ``(phase, label, gradients,
+    autocast_cache, activations, transient)`` in bytes, on top of the resident weights and
+    optimizer state.  Inside a run of identical layers the live bytes change by the same
+    amount at every layer, so the largest value is at one end of the run: only the ends
+    are marked (this keeps an estimate, or a sweep over a million points, fast).
     """
-    T, H, V, L = sc.tokens, spec.hidden_size, spec.vocab_size, spec.num_layers
+    T, H, V = sc.tokens, spec.hidden_size, spec.vocab_size
     full = {m: _total(d) for m, d in x.layers.items()}
     if recompute == "full":
         kept = {m: sc.residual_bytes * T * H for m in x.layers}           # the layer's input only
@@ -169,64 +182,75 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     head_saved = _total(model_level)            # final norm, labels (and Gemma's logit soft-cap)
     logits_fp32 = 4 * T * V
     dh = sc.residual_bytes * T * H              # the gradient flowing between layers
-    layer_cache = (x.autocast_cache - x.autocast_cache_head) // L
-    accum = x.grads_head + L * x.grads_per_layer + x.grads_embedding if grad_accum > 1 else 0
+    layer_cache = (x.autocast_cache - x.autocast_cache_head) // spec.num_layers
+    gl = x.grads_per_layer
+    accum = x.grads_head + spec.num_layers * gl + x.grads_embedding if grad_accum > 1 else 0
     new = 0 if grad_accum > 1 else 1            # accumulating: gradients are added in place
+    runs = _runs(spec.moe_layers)
     marks = []
-
-    def mark(phase, label, grads, cache, acts, transient):
-        marks.append((phase, label, {"weights": x.weights, "optimizer": x.optimizer, "gradients": grads,
-                                     "autocast_cache": cache, "activations": acts, "transient": transient}))
-
     # -- forward: each layer's tensors exist while it runs; it keeps `kept`
     acts, cache = pre, 0
-    for i, m in enumerate(spec.moe_layers):
-        cache += layer_cache
-        mark("forward", f"layer {i}", accum, cache, acts, full[m])
-        acts = acts + kept[m]
+    for m, a, b in runs:
+        n = b - a
+        marks.append(("forward", f"layer {b - 1}", accum, cache + n * layer_cache,
+                      acts + (n - 1) * kept[m], full[m]))
+        acts = acts + n * kept[m]
+        cache += n * layer_cache
     cache = x.autocast_cache
     acts = acts + head_saved
-    mark("forward", "loss", accum, cache, acts, 2 * T * V + logits_fp32 + log_softmax)  # bf16, fp32, log-softmax
+    marks.append(("forward", "loss", accum, cache, acts, 2 * T * V + logits_fp32 + log_softmax))
     acts = acts + log_softmax
-    mark("forward", "end", accum, cache, acts, 0)
+    marks.append(("forward", "end", accum, cache, acts, 0))
     saved_at_end = acts
     # -- backward: the loss's fp32 gradient buffers, then layer by layer from the last
-    mark("backward", "loss", accum, cache, acts, 2 * logits_fp32)
+    marks.append(("backward", "loss", accum, cache, acts, 2 * logits_fp32))
     acts = acts - log_softmax - head_saved
     grads = accum + x.grads_head * new
-    mark("backward", "lm_head", grads, cache, acts, dh)
-    for i in reversed(range(L)):
-        m = spec.moe_layers[i]
+    marks.append(("backward", "lm_head", grads, cache, acts, dh))
+    for m, a, b in reversed(runs):
         back = full[m] - kept[m]                    # with recompute, the layer's tensors come back
-        mark("backward", f"layer {i} mlp", grads, cache, acts, dh + back + x.backward_mlp_extra[m])
-        mark("backward", f"layer {i} attention", grads, cache, acts, dh + _max([back + attn_extra[m], 0 * back]))
-        acts = acts - kept[m]
-        grads = grads + x.grads_per_layer * new
+        mlp_t = dh + back + x.backward_mlp_extra[m]
+        attn_t = dh + (max(back + attn_extra[m], 0) if np.ndim(back) == 0 else np.maximum(back + attn_extra[m], 0))
+        for i in sorted({b - 1, a}, reverse=True):  # the two ends of the run
+            k = b - 1 - i
+            g, ac = grads + k * gl * new, acts - k * kept[m]
+            marks.append(("backward", f"layer {i} mlp", g, cache, ac, mlp_t))
+            marks.append(("backward", f"layer {i} attention", g, cache, ac, attn_t))
+        acts = acts - (b - a) * kept[m]
+        grads = grads + (b - a) * gl * new
     # the embedding's gradient is computed while its output's gradient is alive; a tied
     # matrix already has a gradient (from lm_head) and the two are summed out of place
-    mark("backward", "embedding", grads, cache, acts, dh + x.grads_embedding * new + 2 * x.grads_tied * new)
+    marks.append(("backward", "embedding", grads, cache, acts,
+                  dh + x.grads_embedding * new + 2 * x.grads_tied * new))
     grads = grads + x.grads_embedding * new
     # -- step
-    mark("step", "optimizer", grads, 0, 0, x.step_extra)
+    marks.append(("step", "optimizer", grads, 0, 0, x.step_extra))
     return marks, saved_at_end
 
 
-def summarize(marks, title: str, meta: dict) -> Breakdown:
+CATEGORIES = ("gradients", "autocast_cache", "activations", "transient")
+
+
+def summarize(marks, x: StepInputs, title: str, meta: dict) -> Breakdown:
     """The peak of a timeline as a Breakdown: components live at the peak, phases, peak phase."""
-    totals = [(ph, label, _total(c)) for ph, label, c in marks]
+    resident = x.weights + x.optimizer
+    totals = [(ph, label, resident + g + c + a + t) for ph, label, g, c, a, t in marks]
+    meta = dict(meta, timeline=totals)
+    if np.ndim(meta["batch_size"]) == 0 and np.ndim(meta["seq_len"]) == 0:
+        phases = {ph: max(v for q, _, v in totals if q == ph) for ph in PHASES}
+        best = max(range(len(totals)), key=lambda i: totals[i][2])
+        peak_phase, label, *values = marks[best]
+        comps = {"weights": x.weights, "optimizer": x.optimizer,
+                 **{k: int(v) for k, v in zip(CATEGORIES, values) if v}}
+        meta.update(peak_phase=peak_phase, peak_at=label)
+        return Breakdown(comps, title=title, phases={k: int(v) for k, v in phases.items()},
+                         peak_phase=peak_phase, meta=meta)
+    # vectorised: the peak and its phase per grid point
     phases = {ph: _max([v for q, _, v in totals if q == ph]) for ph in PHASES}
-    scalar = all(np.ndim(v) == 0 for v in phases.values())
-    meta = dict(meta, timeline=[(ph, label, v) for ph, label, v in totals])
-    if not scalar:   # vectorised: the peak and its phase per grid point
-        stacked = np.stack([np.broadcast_to(phases[ph], np.broadcast(*phases.values()).shape) for ph in PHASES])
-        meta["peak_phase"] = np.array(PHASES)[np.argmax(stacked, axis=0)]
-        return Breakdown({"peak": np.max(stacked, axis=0)}, title=title, phases=phases, meta=meta)
-    phases = {k: int(v) for k, v in phases.items()}
-    best = max(range(len(totals)), key=lambda i: totals[i][2])
-    peak_phase, label, comps = marks[best]
-    meta.update(peak_phase=peak_phase, peak_at=label)
-    comps = {k: int(v) for k, v in comps.items() if np.ndim(v) > 0 or v}
-    return Breakdown(comps, title=title, phases=phases, peak_phase=peak_phase, meta=meta)
+    shape = np.broadcast(*phases.values()).shape
+    stacked = np.stack([np.broadcast_to(phases[ph], shape) for ph in PHASES])
+    meta["peak_phase"] = np.array(PHASES)[np.argmax(stacked, axis=0)]
+    return Breakdown({"peak": np.max(stacked, axis=0)}, title=title, phases=phases, meta=meta)
 
 
 def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
@@ -255,7 +279,7 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     head, per_layer, emb, tied = _grads_by_stage(spec, p)
     layers = {m: layer_saved(spec, sc, moe=m) for m in set(spec.moe_layers)}
     inputs = StepInputs(
-        weights=count_params(spec).total * p,
+        weights=total_params(spec) * p,
         optimizer=optimizer_state_bytes(spec, optimizer, state_bytes=p),
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
         autocast_cache=2 * matmul_weight_params(spec) if sc.mixed else 0,
@@ -270,7 +294,7 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
             "autocast_cache": inputs.autocast_cache, "optimizer_state": inputs.optimizer}
     title = (f"{spec.name} train step, b={batch_size} s={seq_len} {precision} {optimizer} "
              f"recompute={recompute}")
-    return summarize(marks, title, meta)
+    return summarize(marks, inputs, title, meta)
 
 
 def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):
