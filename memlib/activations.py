@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .params import layer_linear_params
 from .spec import ModelSpec
 from .validation import choice
 
@@ -152,15 +153,18 @@ def _standard_attention(out: dict, spec: ModelSpec, sc: Scenario):
         out["attn.v"] = 2 * T * kv
         out["attn.out"] = 2 * T * q
         out["attn.logsumexp"] = 4 * B * nh * S
+        if spec.sliding_window and spec.num_sliding_layers:
+            # beyond the window the causal mask is no longer implicit: each layer builds and
+            # saves a (B, 1, S, S) additive mask, and with a mask transformers repeats K and V
+            # to every query head instead of using SDPA's grouped-query mode
+            beyond = S > spec.sliding_window
+            out["attn.sliding_mask"] = 2 * B * S * S * beyond
+            out["attn.k"] = out["attn.v"] = 2 * T * (kv + (q - kv) * beyond)
         if spec.model_type == "phi3":
             # v is a view of the fused qkv output: the whole qkv tensor stays alive, and the
             # output is copied before o_proj
             out["attn.v"] = 2 * T * (q + 2 * kv)
             out["attn.out_copy"] = 2 * T * q
-        if spec.sliding_window and spec.num_sliding_layers:
-            # beyond the window the causal mask is no longer implicit: each layer builds
-            # and saves a (B, 1, S, S) additive mask for SDPA
-            out["attn.sliding_mask"] = 2 * B * S * S * (S > spec.sliding_window)
     else:
         # eager: q and K/V repeated to every head are made contiguous for the matmuls;
         # softmax in fp32, then a bf16 copy for the matmul with v
@@ -298,6 +302,10 @@ def _falcon_layer(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
     out["attn.out"] = 2 * T * nh * hd
     out["mlp.fc_out"] = 2 * T * I
     out["mlp.gelu"] = 2 * T * I
+    if sc.mixed:
+        # FalconLinear computes `x @ W.T`: autocast casts the view W.T, which it does not
+        # cache, and the matmul saves the bf16 copy for its backward
+        out["autocast.weight_copies"] = 2 * layer_linear_params(spec)
     return out
 
 

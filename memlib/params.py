@@ -178,6 +178,13 @@ def linear_layers(model) -> list[tuple[str, int, int, int]]:
     return [(component, i, o, n) for component, _, i, o, n in named_linears(model)]
 
 
+def layer_linear_params(model) -> int:
+    """Weight-matrix parameters of one (dense) decoder layer's projections."""
+    spec = load_spec(model)
+    return sum(i * o * n for comp, _, i, o, n in _named_linears(spec) if comp in ("attention", "mlp")) \
+        // spec.num_layers
+
+
 def linear_bias_params(model) -> int:
     """Parameters in the biases of the decoder's Linear layers (q/k/v/o and MLP biases)."""
     spec = load_spec(model)

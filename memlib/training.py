@@ -60,7 +60,14 @@ def largest_param_tensor(spec: ModelSpec) -> int:
 @lru_cache(maxsize=256)
 def matmul_weight_params(spec: ModelSpec) -> int:
     """Parameters autocast casts to bf16 and caches: every Linear's weight and bias, lm_head
-    and the MoE routers (DeepSeek's router too: it upcasts to fp32, autocast casts back)."""
+    and the MoE routers (DeepSeek's router too: it upcasts to fp32, autocast casts back).
+
+    Falcon's projections compute ``x @ W.T``; autocast does not cache a cast of the view
+    ``W.T`` (the copies are saved per layer instead, see :mod:`memlib.activations`), so
+    only its lm_head is cached.
+    """
+    if spec.model_type in ("falcon", "RefinedWeb", "RefinedWebModel"):
+        return spec.vocab_size * spec.embed_dim
     n = sum(i * o * c for _, i, o, c in linear_layers(spec)) + spec.vocab_size * spec.embed_dim
     n += linear_bias_params(spec)
     if spec.is_moe:
@@ -130,16 +137,15 @@ def _backward_attention_extra(spec: ModelSpec, sc: Scenario, saved: dict):
     """Extra bytes during one layer's attention backward, relative to "all saved alive".
 
     The MLP's tensors are already freed; eager attention's softmax backward holds the
-    fp32 gradients of the probabilities and of the scores (``2 × 4·B·heads·S²``), after
-    the bf16 probabilities are freed.
+    gradients of the probabilities and of the scores, in the softmax's dtype (fp32 for the
+    Llama family: ``2 × 4·B·heads·S²``), after the bf16 probabilities are freed.
     """
     mlp_saved = sum(v for k, v in saved.items()
                     if k.startswith(("mlp.", "moe.", "post_attn_norm", "pre_mlp_norm", "post_mlp_norm",
                                      "ln_2", "ln_mlp")))
     extra = -mlp_saved
-    if "attn.softmax" in saved:
-        n = sc.batch_size * spec.num_heads * sc.seq_len * sc.seq_len
-        extra = extra + 8 * n - saved.get("attn.probs_bf16", 0)
+    if "attn.softmax" in saved:      # the gradients of the probabilities and of the scores
+        extra = extra + 2 * saved["attn.softmax"] - saved.get("attn.probs_bf16", 0)
     return extra
 
 
