@@ -259,25 +259,18 @@ def summarize(marks, x: StepInputs, title: str, meta: dict) -> Breakdown:
     return Breakdown({"peak": np.max(stacked, axis=0)}, title=title, phases=phases, meta=meta)
 
 
-def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
+def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
                  recompute: str = "none", attention: str = "sdpa", grad_accum: int = 1,
-                 device: str = "cuda") -> Breakdown:
-    """Peak memory of one full fine-tuning step and the phase where it happens (chapter 04).
+                 device: str = "cuda") -> tuple[ModelSpec, Scenario, StepInputs]:
+    """Validate the knobs of a full fine-tuning step and build its :class:`StepInputs`.
 
-    Components are what is live at the peak: ``weights``, ``optimizer``, ``gradients``,
-    ``autocast_cache``, ``activations`` (saved by autograd) and ``transient`` (the loss's
-    buffers, gradients of activations, optimizer temporaries).  ``phases`` holds the
-    peak of each phase, ``peak_phase`` the one that wins, ``meta["timeline"]`` the
-    ``(phase, label, live bytes)`` at every boundary.  ``grad_accum > 1`` keeps gradients
-    alive through the forward of the later micro-batches.  ``batch_size`` and ``seq_len``
-    may be numpy arrays: the result then has one ``peak`` component (an array) and
-    ``meta["peak_phase"]`` is an array of phase names.  ``device="cpu"`` models the
-    CPU's dropout masks (activation dtype instead of bool), to compare with the bench.
+    Returns ``(spec, scenario, inputs)`` for :func:`step_timeline`; :func:`train_memory`
+    and the training explorer both start here.
     """
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
     batch_size = positive_int("batch_size", batch_size)
-    grad_accum = positive_int("grad_accum", grad_accum)
+    positive_int("grad_accum", grad_accum)
     choice("optimizer", optimizer, OPTIMIZERS)
     choice("recompute", recompute, RECOMPUTE)
     sc = Scenario(batch_size, seq_len, precision, attention, device)
@@ -293,6 +286,27 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
         step_extra=step_temporaries(optimizer, largest_param_tensor(spec), p),
         layers=layers,
         backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers})
+    return spec, sc, inputs
+
+
+def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
+                 recompute: str = "none", attention: str = "sdpa", grad_accum: int = 1,
+                 device: str = "cuda") -> Breakdown:
+    """Peak memory of one full fine-tuning step and the phase where it happens (chapter 04).
+
+    Components are what is live at the peak: ``weights``, ``optimizer``, ``gradients``,
+    ``autocast_cache``, ``activations`` (saved by autograd) and ``transient`` (the loss's
+    buffers, gradients of activations, optimizer temporaries).  ``phases`` holds the
+    peak of each phase, ``peak_phase`` the one that wins, ``meta["timeline"]`` the
+    ``(phase, label, live bytes)`` at every boundary.  ``grad_accum > 1`` keeps gradients
+    alive through the forward of the later micro-batches.  ``batch_size`` and ``seq_len``
+    may be numpy arrays: the result then has one ``peak`` component (an array) and
+    ``meta["peak_phase"]`` is an array of phase names.  ``device="cpu"`` models the
+    CPU's dropout masks (activation dtype instead of bool), to compare with the bench.
+    """
+    spec, sc, inputs = prepare_step(model, batch_size, seq_len, precision, optimizer, recompute,
+                                    attention, grad_accum, device)
+    batch_size, seq_len = sc.batch_size, sc.seq_len
     marks, saved = step_timeline(spec, sc, inputs, recompute, grad_accum)
     meta = {"precision": precision, "optimizer": optimizer, "recompute": recompute,
             "attention": attention_used(spec, attention), "grad_accum": grad_accum, "device": device,

@@ -99,3 +99,18 @@ class Explorer:
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
+
+
+def model_dropdown(model, description: str = "model"):
+    """A catalog dropdown with ``model`` selected; a dict, a path or an unknown name is offered
+    as-is at the top (an invalid one then shows as the explorer's message)."""
+    import ipywidgets as w
+
+    from ..catalog import catalog_names
+    names = catalog_names()
+    options = [(n, n) for n in names]
+    if not (isinstance(model, str) and model in names):
+        label = model if isinstance(model, str) else str(
+            (model.get("_name_or_path") if isinstance(model, dict) else None) or "custom config")
+        options = [(label, model)] + options
+    return w.Dropdown(options=options, value=model, description=description)

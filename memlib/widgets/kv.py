@@ -278,17 +278,6 @@ def describe_concurrency(r: Breakdown) -> str:
 
 
 # -- explorers ------------------------------------------------------------------------------
-def _model_dropdown(model, w):
-    names = catalog_names()
-    options = [(n, n) for n in names]
-    if isinstance(model, str) and model in names:
-        value = model
-    else:  # a dict, a path, or a name the catalog lacks: offer it as-is (errors show as messages)
-        label = model if isinstance(model, str) else str(
-            (model.get("_name_or_path") if isinstance(model, dict) else None) or "custom config")
-        options = [(label, model)] + options
-        value = model
-    return w.Dropdown(options=options, value=value, description="model")
 
 
 def kv_explorer(model="Llama-3.1-8B", seq_len: int = 8192, batch_size: int = 1, kv_dtype: str = "bf16",
@@ -302,10 +291,10 @@ def kv_explorer(model="Llama-3.1-8B", seq_len: int = 8192, batch_size: int = 1, 
     """
     import ipywidgets as w
 
-    from .base import Explorer
+    from .base import Explorer, model_dropdown
 
     controls = {
-        "model": _model_dropdown(model, w),
+        "model": model_dropdown(model),
         "seq_len": w.IntText(value=seq_len, description="seq_len"),
         "batch_size": w.IntText(value=batch_size, description="batch_size"),
         "kv_dtype": w.Dropdown(options=list(KV_DTYPES), value=kv_dtype, description="kv_dtype"),
@@ -339,10 +328,10 @@ def concurrency_explorer(model="Llama-3.1-8B", gpu: str = "H100 80GB", seq_len: 
     """
     import ipywidgets as w
 
-    from .base import Explorer
+    from .base import Explorer, model_dropdown
 
     controls = {
-        "model": _model_dropdown(model, w),
+        "model": model_dropdown(model),
         "gpu": w.Dropdown(options=list(GPUS), value=gpu, description="GPU"),
         "seq_len": w.IntText(value=seq_len, description="tokens/req"),
         "gpu_memory_utilization": w.FloatSlider(value=gpu_memory_utilization, min=0.5, max=1.0, step=0.01,

@@ -196,62 +196,98 @@ def describe_lora(r: Breakdown) -> str:
 
 
 # -- plot functions --------------------------------------------------------------------------
-def _phase_x(phases):
-    """x position of each point of a timeline, given the phase of each point in order:
-    the points of a phase are spread evenly over its width (:data:`PHASE_WIDTH`)."""
-    phases = list(phases)
+def _phase_offsets():
     offsets, start = {}, 0.0
     for ph in PHASES:
         offsets[ph] = start
         start += PHASE_WIDTH[ph]
+    return offsets, start
+
+
+def _event_x(phases):
+    """x of each point of a measured timeline: a phase's points spread evenly over its width."""
+    phases = list(phases)
+    offsets, end = _phase_offsets()
     counts = {ph: phases.count(ph) for ph in PHASES}
     seen = dict.fromkeys(PHASES, 0)
     xs = []
     for ph in phases:
         xs.append(offsets[ph] + PHASE_WIDTH[ph] * seen[ph] / max(counts[ph], 1))
         seen[ph] += 1
-    return np.array(xs), offsets, start
+    return np.array(xs), offsets, end
+
+
+def _mark_spans(marks):
+    """``(x0, x1)`` of every mark of a predicted timeline: the moment it stands for, laid out
+    as the bench's events are (layers evenly over most of the phase, the loss and the
+    embedding at the ends).  Unknown labels are spread evenly over their phase."""
+    offsets, _ = _phase_offsets()
+    layer_ids = [int(lbl.split()[1]) for _, lbl, *_ in marks if lbl.startswith("layer ")]
+    L = max(layer_ids) + 1 if layer_ids else 1
+    fixed = {("forward", "loss"): (0.90, 0.97), ("forward", "end"): (0.97, 1.0),
+             ("backward", "loss"): (0.0, 0.03), ("backward", "lm_head"): (0.03, 0.06),
+             ("backward", "embedding"): (0.97, 1.0), ("step", "optimizer"): (0.0, 1.0)}
+    spans = []
+    for k, (ph, lbl, *_) in enumerate(marks):
+        parts = lbl.split()
+        if (ph, lbl) in fixed:
+            f0, f1 = fixed[(ph, lbl)]
+        elif ph == "forward" and parts[0] == "layer" and len(parts) == 2:
+            i = int(parts[1])
+            f0, f1 = 0.9 * i / L, 0.9 * (i + 1) / L
+        elif ph == "backward" and parts[0] == "layer" and len(parts) == 3:
+            j = L - 1 - int(parts[1]) + (0.5 if parts[2] == "attention" else 0.0)
+            f0, f1 = 0.06 + 0.91 * j / L, 0.06 + 0.91 * (j + 0.5) / L
+        else:
+            same = [q for q, m in enumerate(marks) if m[0] == ph]
+            r = same.index(k)
+            f0, f1 = r / len(same), (r + 1) / len(same)
+        spans.append((offsets[ph] + PHASE_WIDTH[ph] * f0, offsets[ph] + PHASE_WIDTH[ph] * f1))
+    return spans
 
 
 def plot_step_timeline(result: Breakdown, ax, measured: Breakdown | None = None, unit: str = "GiB",
                        legend: bool = True, title: str | None = None, annotate: bool = True):
     """Live memory through one training step: forward, backward, optimizer step.
 
-    ``result``: a :func:`training_step` Breakdown (stacked components at every mark) or a
+    ``result``: a :func:`training_step` Breakdown (components stacked at every mark) or a
     plain :func:`memlib.training.train_memory` one (its ``meta["timeline"]`` totals as a
-    line).  ``measured``: a :func:`memlib.measure.measure_train` Breakdown whose
-    ``meta["timeline"]`` (``(phase, live bytes)``) is drawn on top.  Each phase is stretched
-    to a fixed width, so x is progress through the phase.  The predicted peak is marked
-    with a dot, the measured one with a cross.  Returns ``ax``.
+    line).  Each mark is drawn as a short plateau at the moment it stands for, joined
+    linearly (live bytes change linearly across a run of identical layers).
+    ``measured``: a :func:`memlib.measure.measure_train` Breakdown whose
+    ``meta["timeline"]`` (``(phase, live bytes)``) is drawn on top, its points spread
+    evenly over each phase.  The x axis is progress through each phase (phases have fixed
+    widths, :data:`PHASE_WIDTH`).  The predicted peak is a dot, the measured one a cross.
+    Returns ``ax``.
     """
     scale = UNITS[unit]
     marks = result.meta.get("marks")
-    if marks is not None:
-        phases = [ph for ph, _, _ in marks]
-        totals = np.array([sum(c.values()) for _, _, c in marks], dtype=float)
+    if marks is None:
+        marks = [(ph, lbl, {"total": v}) for ph, lbl, v in result.meta["timeline"]]
+    spans = _mark_spans(marks)
+    offsets, end = _phase_offsets()
+    names = [k for k in COMPONENTS if any(c.get(k, 0) for _, _, c in marks)] or ["total"]
+    first = marks[0][2]
+    start = {k: (first.get(k, 0) if k in ("weights", "optimizer", "gradients") else 0) for k in names}
+    xs, rows = [0.0], [start]
+    for (x0, x1), (_, _, c) in zip(spans, marks):
+        xs += [x0, x1]
+        rows += [c, c]
+    xs = np.array(xs)
+    ys = [np.array([r.get(k, 0) for r in rows], dtype=float) / scale for k in names]
+    if names == ["total"]:
+        ax.plot(xs, ys[0], color="#4C72B0", lw=2, label="predicted (memlib)")
     else:
-        phases = [ph for ph, _, _ in result.meta["timeline"]]
-        totals = np.array([v for _, _, v in result.meta["timeline"]], dtype=float)
-    x, offsets, end = _phase_x(phases)
-    xs = np.append(x, end)
-    if marks is not None:
-        ys = [np.append(np.array([c.get(k, 0) for _, _, c in marks], dtype=float), 0) / scale
-              for k in COMPONENTS]
-        ys = [np.append(y[:-1], y[-2]) for y in ys]             # hold the last mark to the end
-        keep = [i for i, y in enumerate(ys) if y.any()]
-        ax.stackplot(xs, *[ys[i] for i in keep], labels=[COMPONENTS[i] for i in keep],
-                     colors=[COMPONENT_COLORS[COMPONENTS[i]] for i in keep], step="post", alpha=0.85)
-    else:
-        ax.step(xs, np.append(totals, totals[-1]) / scale, where="post", color="#4C72B0", lw=2,
-                label="predicted (memlib)")
+        ax.stackplot(xs, *ys, labels=names, colors=[COMPONENT_COLORS[k] for k in names], alpha=0.85)
+    totals = np.array([sum(c.values()) for _, _, c in marks], dtype=float)
     best = int(np.argmax(totals))
-    peak_x = (x[best] + (xs[best + 1])) / 2
+    peak_x = sum(spans[best]) / 2
     ax.plot([peak_x], [totals[best] / scale], "o", color="k", ms=7, zorder=5,
             label=f"predicted peak {totals[best] / scale:,.2f} {unit}")
     top = totals.max()
     if measured is not None:
         tl = measured.meta["timeline"]
-        mx, _, _ = _phase_x([ph for ph, _ in tl])
+        mx, _, _ = _event_x([ph for ph, _ in tl])
         mv = np.array([v for _, v in tl], dtype=float)
         ax.plot(mx, mv / scale, color="k", lw=1.2, label="measured (bench)")
         j = int(np.argmax(mv))
@@ -260,15 +296,14 @@ def plot_step_timeline(result: Breakdown, ax, measured: Breakdown | None = None,
         top = max(top, mv.max())
     for ph in PHASES:
         ax.axvline(offsets[ph], color="0.3", lw=0.8, ls=":")
-        ax.text(offsets[ph] + PHASE_WIDTH[ph] / 2, top / scale * 1.04, ph, ha="center", va="bottom",
+        ax.text(offsets[ph] + PHASE_WIDTH[ph] / 2, top / scale * 1.03, ph, ha="center", va="bottom",
                 fontsize=9, fontweight="bold" if ph == result.peak_phase else "normal")
     if annotate:
-        where = result.meta.get("peak_at", "")
-        ax.annotate(f"peak: {result.peak_phase}, {where}", (peak_x, totals[best] / scale),
-                    xytext=(0, -14), textcoords="offset points", fontsize=8,
-                    ha="right" if peak_x > end * 0.6 else "left")
+        ax.annotate(f"peak: {result.peak_phase}, {result.meta.get('peak_at', '')}",
+                    (peak_x, totals[best] / scale), xytext=(0, 8), textcoords="offset points", fontsize=8,
+                    ha="right" if peak_x > end * 0.6 else "left", va="bottom")
     ax.set_xlim(0, end)
-    ax.set_ylim(0, top / scale * 1.13)
+    ax.set_ylim(0, top / scale * 1.15)
     ax.set_xticks([])
     ax.set_ylabel(f"live memory ({unit})")
     if title is not None:

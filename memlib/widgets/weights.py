@@ -28,7 +28,7 @@ ROLE_COLORS = {"quantized": "#4C72B0", "quant_overhead": "#C44E52", "unquantized
 
 
 # -- plot functions -------------------------------------------------------------------------
-from .base import Explorer
+from .base import Explorer, model_dropdown
 
 
 def plot_weight_bytes(breakdowns, ax, unit: str = "GiB", labels=None, legend: bool = True):
@@ -142,17 +142,6 @@ def describe_quantization(s: Breakdown) -> str:
 
 
 # -- explorers ------------------------------------------------------------------------------
-def _model_dropdown(model, w):
-    names = catalog_names()
-    options = [(n, n) for n in names]
-    if isinstance(model, str) and model in names:
-        value = model
-    else:  # a dict, a path, or a name the catalog lacks: offer it as-is (errors show as messages)
-        label = model if isinstance(model, str) else str(
-            (model.get("_name_or_path") if isinstance(model, dict) else None) or "custom config")
-        options = [(label, model)] + options
-        value = model
-    return w.Dropdown(options=options, value=value, description="model")
 
 
 def weights_explorer(model="Llama-3.1-8B", dtype: str = "bf16"):
@@ -162,7 +151,7 @@ def weights_explorer(model="Llama-3.1-8B", dtype: str = "bf16"):
     """
     import ipywidgets as w
 
-    controls = {"model": _model_dropdown(model, w),
+    controls = {"model": model_dropdown(model),
                 "dtype": w.Dropdown(options=list(PLAIN_DTYPES), value=dtype, description="dtype")}
 
     def compute(model, dtype):
@@ -189,7 +178,7 @@ def quantization_explorer(model="Llama-3.1-8B", dtype: str = "gptq", group_size:
     import ipywidgets as w
 
     controls = {
-        "model": _model_dropdown(model, w),
+        "model": model_dropdown(model),
         "dtype": w.Dropdown(options=weight_formats(), value=dtype, description="format"),
         "group_size": w.IntText(value=group_size, description="group size"),
         "double_quant": w.Checkbox(value=double_quant, description="double quant (nf4)"),
@@ -236,7 +225,7 @@ def anatomy_explorer(model="Llama-3.1-8B", dtype: str = "bf16", kv_dtype: str = 
     import ipywidgets as w
 
     controls = {
-        "model": _model_dropdown(model, w),
+        "model": model_dropdown(model),
         "dtype": w.Dropdown(options=list(PLAIN_DTYPES), value=dtype, description="weights"),
         "kv_dtype": w.Dropdown(options=["bf16", "fp16", "fp8", "fp32"], value=kv_dtype, description="KV dtype"),
         "batch_size": w.IntSlider(value=batch_size, min=1, max=256, description="users"),
