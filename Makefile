@@ -37,6 +37,13 @@ notebooks: $(VENV)/.test
 ## make bench: the benchmark scripts (numbers go into issue notes)
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_measure.py
+
+## make validate: the full accuracy matrix against the bench (resumable; about an hour on 2 cores)
+validate: $(VENV)/.test
+	$(PY) scripts/validate_weights_kv.py
+	$(PY) scripts/bench_matrix.py
+	$(PY) scripts/validate_matrix.py --figure
 
 clean:
 	rm -rf $(VENV)
