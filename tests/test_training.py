@@ -192,3 +192,10 @@ def test_inference_bad_input():
         inference_memory("gpt2", 1, 2048)
     with pytest.raises(ValueError, match="dtype"):
         inference_memory("gpt2", 1, 128, dtype="int4")
+
+
+def test_sgd_momentum_matches_bench():
+    measure = _measure()
+    m = measure.measure_train("Qwen3-0.6B", 1, 512, precision="mixed", optimizer="sgd")   # momentum 0.9
+    p = train_memory("Qwen3-0.6B", 1, 512, precision="mixed", optimizer="sgd_momentum", device="cpu")
+    assert p.total == pytest.approx(m.total, rel=0.05) and p.peak_phase == m.peak_phase
