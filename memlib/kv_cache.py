@@ -124,14 +124,13 @@ def max_concurrency(model, seq_len, gpu_memory: int, gpu_memory_utilization: flo
     from .weights import weight_memory
 
     spec = load_spec(model)
-    gpu_memory = positive_int("gpu_memory", gpu_memory)
-    util = fraction("gpu_memory_utilization", gpu_memory_utilization)
-    activation_reserve = positive_int("activation_reserve", activation_reserve, minimum=0)
+    n = max_requests(spec, seq_len, gpu_memory, gpu_memory_utilization, weight_dtype, kv_dtype,
+                     activation_reserve, block_size)
+    util = float(gpu_memory_utilization)
     weights = weight_memory(spec, weight_dtype).total
     per_request = kv_cache(spec, seq_len, 1, kv_dtype, block_size=block_size).total
     usable = int(gpu_memory * util)
     budget = usable - weights - activation_reserve
-    n = max(budget, 0) // per_request
     meta = {"requests": int(n), "kv_per_request": int(per_request), "budget": int(budget),
             "usable": usable, "gpu_memory": gpu_memory}
     if budget <= 0:

@@ -3,7 +3,6 @@ tensors allocate, and bad input gives a clear error.
 
 Needs torch and transformers (skipped otherwise).  Runs in well under a minute on 2 cores.
 """
-import argparse
 import json
 import subprocess
 import sys
@@ -14,7 +13,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from memlib.measure import measure_prefill, measure_train, measure_weights  # noqa: E402
-from memlib.measure import cli as measure_cli  # noqa: E402
 from memlib.measure.counter import StorageCounter  # noqa: E402
 
 TINY_LLAMA = {"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4,
@@ -306,11 +304,8 @@ def test_gpu_refused_without_gpu():
 
 # -- command line -----------------------------------------------------------------------------
 def _cli(argv, capsys):
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command", required=True)
-    measure_cli.add_parser(sub)
-    args = p.parse_args(argv)
-    rc = args.func(args)
+    from memlib.cli import main      # the real entry point of `python -m memlib`
+    rc = main(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 

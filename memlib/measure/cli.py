@@ -76,24 +76,18 @@ def payload(result) -> dict:
 
 
 def run(args) -> int:
-    """Run the ``measure`` subcommand; returns the exit code (2 for bad input, 3 without torch)."""
-    try:
-        from . import measure_prefill, measure_train
-        verbose = not getattr(args, "quiet", False)
-        if args.scenario == "prefill":
-            res = measure_prefill(args.model, args.batch_size, args.seq_len, dtype=args.dtype,
-                                  attention=args.attention, device=args.device, verbose=verbose)
-        else:
-            res = measure_train(args.model, args.batch_size, args.seq_len, precision=args.precision,
-                                recompute=args.recompute, attention=args.attention, optimizer=args.optimizer,
-                                device=args.device, verbose=verbose,
-                                autocast_policy=getattr(args, "autocast_policy", "cuda"))
-    except ValueError as e:
-        print(f"memlib: error: {e}", file=sys.stderr)
-        return 2
-    except ImportError as e:
-        print(f"memlib: error: {e}", file=sys.stderr)
-        return 3
+    """Run the ``measure`` subcommand; ``python -m memlib`` turns a ``ValueError`` into exit
+    code 2 and an ``ImportError`` (no torch) into 3, each with a one-line message."""
+    from . import measure_prefill, measure_train
+    verbose = not getattr(args, "quiet", False)
+    if args.scenario == "prefill":
+        res = measure_prefill(args.model, args.batch_size, args.seq_len, dtype=args.dtype,
+                              attention=args.attention, device=args.device, verbose=verbose)
+    else:
+        res = measure_train(args.model, args.batch_size, args.seq_len, precision=args.precision,
+                            recompute=args.recompute, attention=args.attention, optimizer=args.optimizer,
+                            device=args.device, verbose=verbose,
+                            autocast_policy=getattr(args, "autocast_policy", "cuda"))
     data = payload(res)
     if args.json:
         print(json.dumps(data, indent=2))
