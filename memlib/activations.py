@@ -100,6 +100,8 @@ def _rmsnorm(out: dict, prefix: str, spec: ModelSpec, sc: Scenario, width: int, 
     out[f"{prefix}.input_fp32"] = 4 * rows * width
     out[f"{prefix}.rsqrt"] = 4 * rows
     out[f"{prefix}.normalised"] = (4 if spec.model_type == "gemma2" else r) * rows * width
+    if spec.model_type == "gemma2":
+        out[f"{prefix}.one_plus_w_fp32"] = 4 * width
     if consumers:
         out[f"{prefix}.output"] = (2 * consumers if sc.mixed else r) * rows * width
 
@@ -154,10 +156,10 @@ def _standard_attention(out: dict, spec: ModelSpec, sc: Scenario):
         out["attn.out"] = 2 * T * q
         out["attn.logsumexp"] = 4 * B * nh * S
         if spec.sliding_window and spec.num_sliding_layers:
-            # beyond the window the causal mask is no longer implicit: each layer builds and
+            # from the window on, the causal mask is no longer implicit: each layer builds and
             # saves a (B, 1, S, S) additive mask, and with a mask transformers repeats K and V
             # to every query head instead of using SDPA's grouped-query mode
-            beyond = S > spec.sliding_window
+            beyond = S >= spec.sliding_window
             out["attn.sliding_mask"] = 2 * B * S * S * beyond
             out["attn.k"] = out["attn.v"] = 2 * T * (kv + (q - kv) * beyond)
         if spec.model_type == "phi3":
@@ -171,6 +173,10 @@ def _standard_attention(out: dict, spec: ModelSpec, sc: Scenario):
         out["attn.q"] = 2 * T * q
         out["attn.k"] = 2 * T * (q if nkv != nh else kv)
         out["attn.v"] = 2 * T * (q if nkv != nh else kv)
+        if spec.model_type == "phi3":
+            # at batch 1 the matmul reads v (a view of the fused qkv output) without a copy,
+            # which keeps the whole qkv tensor alive
+            out["attn.v"] = out["attn.v"] + (B == 1) * 2 * T * (q + kv)
         _scores(out, spec, sc, softmax_bytes=4, copy_bytes=2)
         out["attn.out"] = 2 * T * q
 
@@ -296,7 +302,9 @@ def _falcon_layer(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
         out["attn.k"] = out["attn.v"] = 2 * T * nkv * hd
         out["attn.logsumexp"] = 4 * sc.batch_size * nh * sc.seq_len
     else:
-        out["attn.q"] = out["attn.k"] = out["attn.v"] = 2 * T * nh * hd   # K/V expanded for the matmul
+        out["attn.q"] = 2 * T * nh * hd
+        # K/V are broadcast to every head; the matmul copies the expansion, except at batch 1
+        out["attn.k"] = out["attn.v"] = 2 * T * (nh * hd - (sc.batch_size == 1) * (nh - nkv) * hd)
         # softmax in the hidden states' dtype: bf16, or fp32 + a bf16 copy under mixed
         _scores(out, spec, sc, softmax_bytes=4 if sc.mixed else 2, copy_bytes=2 if sc.mixed else 0)
     out["attn.out"] = 2 * T * nh * hd
@@ -321,6 +329,18 @@ def layer_saved(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
     derives them one by one.
     """
     return _LAYERS.get(spec.model_type, _decoder_layer)(spec, sc, moe)
+
+
+def causal_mask_bytes(spec: ModelSpec, sc: Scenario):
+    """The (B, 1, S, S) additive mask the model builds once per forward, in the parameters'
+    dtype, when the mask cannot stay implicit: eager attention, or SDPA from a sliding
+    window's length on.  It lives through the forward (and, under full recompute, as a
+    checkpoint input through the backward)."""
+    B, S = sc.batch_size, sc.seq_len
+    explicit = attention_used(spec, sc.attention) == "eager" and spec.model_type not in ("falcon", "gpt2")
+    if spec.sliding_window and spec.num_sliding_layers and attention_used(spec, sc.attention) == "sdpa":
+        explicit = S >= spec.sliding_window
+    return sc.residual_bytes * B * S * S * explicit
 
 
 def model_saved(spec: ModelSpec, sc: Scenario) -> dict:

@@ -244,8 +244,8 @@ def _gemma2(r: _Reader) -> dict:
     d = _decoder_common(r, tie_word_embeddings=r.bool("tie_word_embeddings", True),
                         qkv_bias=r.bool("attention_bias"), o_bias=r.bool("attention_bias"),
                         norms_per_layer=4, attention_dropout=r.float("attention_dropout"),
-                        attn_softcap=r.cfg.get("attn_logit_softcapping"),
-                        final_softcap=r.cfg.get("final_logit_softcapping"))
+                        attn_softcap=r.cfg.get("attn_logit_softcapping", 50.0),   # Gemma2Config defaults
+                        final_softcap=r.cfg.get("final_logit_softcapping", 30.0))
     d["sliding_window"] = r.int("sliding_window")
     d["layer_types"] = _sliding_layers(r, d["num_layers"], lambda i: i % 2 == 0)
     return d

@@ -30,7 +30,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .activations import RECOMPUTE, Scenario, attention_used, layer_saved, model_saved
+from .activations import (RECOMPUTE, Scenario, attention_used, causal_mask_bytes, layer_saved,
+                          model_saved)
 from .breakdown import Breakdown
 from .kv_cache import check_seq_len
 from .optimizers import OPTIMIZERS, optimizer_state_bytes
@@ -149,6 +150,12 @@ def _backward_attention_extra(spec: ModelSpec, sc: Scenario, saved: dict):
     return extra
 
 
+def checkpointed_inputs(spec: ModelSpec, sc: Scenario, recompute: str):
+    """Model-level tensors that full recompute keeps as checkpoint inputs of every layer,
+    beyond the hidden states: the explicit causal mask (if any) and the position ids."""
+    return causal_mask_bytes(spec, sc) + 8 * sc.seq_len if recompute == "full" else 0
+
+
 @lru_cache(maxsize=256)
 def _runs(flags: tuple) -> list[tuple[bool, int, int]]:
     """Contiguous runs of identical layers: ``[(moe, first, last + 1), ...]``."""
@@ -184,6 +191,8 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
         model_level.pop("final_norm.normalised", None)
         model_level.pop("final_norm.output", None)
     pre = model_level.pop("rope.cos_sin")
+    mask = causal_mask_bytes(spec, sc)          # alive through the forward ...
+    kept_mask = checkpointed_inputs(spec, sc, recompute)   # ... and kept when layers are checkpointed
     log_softmax = model_level.pop("loss.log_softmax_fp32")
     head_saved = _total(model_level)            # final norm, labels (and Gemma's logit soft-cap)
     logits_fp32 = 4 * T * V
@@ -195,11 +204,11 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     runs = _runs(spec.moe_layers)
     marks = []
     # -- forward: each layer's tensors exist while it runs; it keeps `kept`
-    acts, cache = pre, 0
+    acts, cache = pre + kept_mask, 0
     for m, a, b in runs:
         n = b - a
         marks.append(("forward", f"layer {b - 1}", accum, cache + n * layer_cache,
-                      acts + (n - 1) * kept[m], full[m]))
+                      acts + (n - 1) * kept[m], full[m] + mask - kept_mask))
         acts = acts + n * kept[m]
         cache += n * layer_cache
     cache = x.autocast_cache
@@ -224,6 +233,7 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
             marks.append(("backward", f"layer {i} attention", g, cache, ac, attn_t))
         acts = acts - (b - a) * kept[m]
         grads = grads + (b - a) * gl * new
+    acts = acts - kept_mask                      # the last checkpoint is done with them
     # the embedding's gradient is computed while its output's gradient is alive; a tied
     # matrix already has a gradient (from lm_head) and the two are summed out of place
     marks.append(("backward", "embedding", grads, cache, acts,

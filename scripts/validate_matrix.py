@@ -5,8 +5,8 @@
 Reads ``data/bench/*.jsonl`` (written by ``scripts/bench_matrix.py``) and prints, per
 point, predicted vs measured and the error; points where the CPU ran the math attention
 path (which a GPU would not) are listed apart, with the reason, and left out of the
-accuracy statistics.  ``--figure`` writes ``figures/03_prefill_predicted_vs_measured.png``
-and ``figures/04_train_predicted_vs_measured.png`` and ``data/bench/accuracy.md``.
+accuracy statistics.  ``--figure`` writes ``figures/08_prefill_accuracy.png``,
+``figures/08_train_accuracy.png`` and ``data/bench/accuracy.md``.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def figure(kind, rows):
     ax.set_ylabel("predicted (memlib), GiB")
     ax.set_title(f"{'training peak' if kind == 'train' else 'prefill total'}: {len(ok)} points")
     ax.legend()
-    memlib.save_fig(fig, "04_train_predicted_vs_measured" if kind == "train" else "03_prefill_predicted_vs_measured")
+    memlib.save_fig(fig, f"08_{kind}_accuracy")
 
 
 def main():

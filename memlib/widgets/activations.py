@@ -7,8 +7,9 @@ Three layers (DESIGN §3):
    :func:`memlib.inference.inference_memory` (the prefill's peak), gathered here by
    :func:`activation_breakdown`;
 2. plot functions that draw on a matplotlib ``ax``: :func:`plot_activations_vs_seq_len`,
-   :func:`plot_saved_per_layer`, :func:`plot_layer_tensors`, :func:`plot_logits_share`,
-   :func:`plot_recompute`, :func:`plot_predicted_vs_measured`;
+   :func:`plot_saved_per_layer`, :func:`plot_layer_tensors`, :func:`plot_logits_share`
+   (with :func:`logits_share`), :func:`plot_recompute`, :func:`plot_predicted_vs_measured`
+   and :func:`plot_prediction_errors`;
 3. the explorer :func:`activation_explorer`.
 
 Sweeps over ``seq_len`` pass numpy arrays to memlib (no Python loop over grid points).
@@ -23,16 +24,18 @@ from ..breakdown import Breakdown
 from ..inference import inference_memory
 from ..kv_cache import check_seq_len
 from ..spec import load_spec
-from ..training import QUADRATIC, train_memory
+from ..training import QUADRATIC, checkpointed_inputs, train_memory
 from ..units import GiB, UNITS
 from ..validation import choice, positive_int
 
 #: The four blocks a decoder layer's saved tensors are grouped into, with their colours.
-BLOCKS = {"norms": "#8C8C8C", "attention": "#4C72B0", "attention S²": "#C44E52", "MLP / experts": "#55A868"}
+BLOCKS = {"norms": "#8C8C8C", "attention": "#4C72B0", "attention S²": "#C44E52", "MLP / experts": "#55A868",
+          "autocast weight copies": "#937860"}
 #: Colours of the parts of the activations outside the blocks.
 OTHER_COLORS = {"layer inputs (checkpoints)": "#8172B3", "outside the layers": "#CCB974",
                 "loss log-softmax (fp32)": "#DD8452", "backward's 2 fp32 T×V buffers": "#F2B880"}
 ATTENTION_STYLES = {"sdpa": "-", "eager": "--"}
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">")
 #: Korthikanti et al. (2022): a GPT layer without its s² term saves 34·s·b·h bytes.
 KORTHIKANTI = 34
 
@@ -41,7 +44,10 @@ _NORM_PREFIXES = ("input_norm", "post_attn_norm", "pre_mlp_norm", "post_mlp_norm
 
 def block_of(name: str) -> str:
     """The block of a :func:`~memlib.activations.layer_saved` entry: norms, attention,
-    attention S² (the score-matrix tensors, :data:`memlib.training.QUADRATIC`) or MLP / experts."""
+    attention S² (the score-matrix tensors, :data:`memlib.training.QUADRATIC`), MLP / experts,
+    or autocast weight copies (bf16 weights a layer saves under mixed precision, Falcon)."""
+    if name.startswith("autocast."):
+        return "autocast weight copies"
     if name in QUADRATIC:
         return "attention S²"
     if name.startswith(_NORM_PREFIXES):
@@ -72,11 +78,12 @@ def activation_breakdown(model, batch_size, seq_len, precision: str = "bf16", at
     norm, labels) and ``loss log-softmax (fp32)``, ``4·T·V``.  The total equals
     ``train_memory(...).meta["activations_saved"]``.
 
-    ``meta`` holds the step's peak from :func:`memlib.training.train_memory` (``peak``,
-    ``peak_phase``, ``peak_at``, ``at_peak``), the bytes a layer saves per token
-    (``per_layer_per_token``, for the first layer, in bytes and ``/ hidden_size``), the
-    extra bytes one layer's recomputation brings back in the backward (``recompute_extra``),
-    and the model states (``states``: weights + gradients + optimizer).
+    ``meta`` holds the step's peak from :func:`memlib.training.train_memory` (``train``, the
+    Breakdown at the peak, and ``peak``, ``peak_phase``, ``peak_at``), the first layer's
+    saved tensors (``per_layer``, ``per_layer_total``, ``per_layer_per_token``), the extra
+    bytes one layer's recomputation brings back in the backward (``recompute_extra``, for
+    scalar inputs) and the model states (``states``: weights + gradients + optimizer state).
+    ``batch_size`` and ``seq_len`` may be numpy arrays (components are then arrays).
     """
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
@@ -89,9 +96,9 @@ def activation_breakdown(model, batch_size, seq_len, precision: str = "bf16", at
     T, H, L = sc.tokens, spec.hidden_size, spec.num_layers
     comps: dict = {}
     if recompute == "full":
-        comps["layer inputs (checkpoints)"] = L * sc.residual_bytes * T * H
+        comps["layer inputs (checkpoints)"] = L * sc.residual_bytes * T * H + checkpointed_inputs(spec, sc, recompute)
     else:
-        comps.update(blocks)
+        comps.update({k: v for k, v in blocks.items() if k != "autocast weight copies" or np.any(v)})
         if recompute == "selective":
             comps["attention S²"] = 0 * blocks["attention S²"]
     ms = model_saved(spec, sc)
@@ -113,7 +120,7 @@ def activation_breakdown(model, batch_size, seq_len, precision: str = "bf16", at
         extra = 0
     states = (train.meta.get("optimizer_state", 0) + 2 * count_bytes(spec, precision)
               if np.ndim(T) == 0 else None)
-    meta = {"model": spec.name, "batch_size": batch_size, "seq_len": seq_len, "precision": precision,
+    meta = {"model": spec.name, "spec": spec, "batch_size": batch_size, "seq_len": seq_len, "precision": precision,
             "attention": attention_used(spec, attention), "attention_requested": attention,
             "recompute": recompute, "tokens": T, "num_layers": L, "hidden_size": H,
             "vocab_size": spec.vocab_size, "per_layer": first, "per_layer_total": per_layer,
@@ -255,15 +262,16 @@ def plot_saved_per_layer(models, ax, batch_size: int = 1, seq_len: int = 4096, a
         if s != seq_len:
             note += f" (s={s})"
         ax.text(left, i, note, va="center", fontsize=8)
-    handles = {}
-    for b, c in BLOCKS.items():
-        from matplotlib.patches import Patch
-        handles[b] = Patch(color=c, label=b)
+    from matplotlib.patches import Patch
+    used = {block_of(k) for spec in specs for k in layer_saved(spec, Scenario(batch_size, 1, precision, attention))}
+    handles = {b: Patch(color=c, label=b) for b, c in BLOCKS.items() if b in used}
     if reference:
         ax.axvline(reference, color="k", ls="--", lw=1)
-        ax.text(reference, len(specs) - 0.4, f" GPT: {reference}·h", fontsize=8, va="bottom")
+        ax.text(reference, -0.5, f" GPT: {reference}·h", fontsize=8, va="bottom")
     ax.set_yticks(y)
-    ax.set_yticklabels([s.name + (" (MoE layer)" if s.is_moe else "") for s in specs], fontsize=8)
+    ax.set_yticklabels([s.name + (" (MoE layer)" if s.is_moe else "")
+                        + (f" ({attention_used(s, attention)})" if attention_used(s, attention) != attention else "")
+                        for s in specs], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, ax.get_xlim()[1] * 1.15)
     ax.set_xlabel(f"bytes saved per token per layer / hidden size h ({precision}, {attention}, s={seq_len:,})")
@@ -292,7 +300,9 @@ def plot_layer_tensors(model, ax, batch_size: int = 1, seq_len: int = 4096, atte
     ax.set_title(f"{spec.name}, b={batch_size} s={seq_len:,} {precision} {attention_used(spec, attention)}: "
                  f"{sum(d.values()) / UNITS[unit]:,.0f} {unit} per layer", fontsize=9)
     from matplotlib.patches import Patch
-    ax.legend(handles=[Patch(color=c, label=b) for b, c in BLOCKS.items()], fontsize=7, loc="lower right")
+    used = {block_of(k) for k in names}
+    ax.legend(handles=[Patch(color=c, label=b) for b, c in BLOCKS.items() if b in used], fontsize=7,
+              loc="center right")
     return ax
 
 
@@ -329,25 +339,30 @@ def plot_logits_share(models, ax, batch_size: int = 1, seq_len: int = 4096, atte
             ax.barh([i], [w], left=left, color=colors[j], height=0.7, label=labels[j] if i == 0 else None)
             left += w
         logit = 100 * (parts["log_softmax"] + parts["backward_buffers"]) / total
-        ax.text(101, i, f"{logit:.0f}% logits (V={spec.vocab_size:,}, {total / GiB:,.1f} GiB)", va="center",
-                fontsize=8)
+        clamp = f", s={spec.max_position_embeddings:,}" if seq_len > spec.max_position_embeddings else ""
+        ran = "" if attention_used(spec, attention) == attention else f", {attention_used(spec, attention)}"
+        ax.text(101, i, f"{logit:.0f}% logits (V={spec.vocab_size:,}{clamp}{ran}, {total / GiB:,.1f} GiB)",
+                va="center", fontsize=8)
     ax.set_yticks(range(len(specs)))
     ax.set_yticklabels([s.name for s in specs], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 160)
     ax.set_xticks([0, 25, 50, 75, 100])
     ax.set_xlabel(f"% of the activations alive as the backward starts (b={batch_size}, s={seq_len:,}, {attention})")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.45, -0.2), ncol=3)
     return ax
 
 
-def plot_recompute(model, ax, batch_size: int = 1, seq_len: int = 4096, precision: str = "bf16", unit: str = "GiB"):
+def plot_recompute(model, ax, batch_size: int = 1, seq_len: int = 4096, precision: str = "bf16", unit: str = "GiB",
+                   log: bool = False):
     """Grouped bars: the activations saved by the forward (stacked by block) for recompute
-    none / selective / full, with SDPA and eager attention.  Returns ``ax``."""
+    none / selective / full, with SDPA and eager attention; ``log=True`` for a log y axis
+    (the smallest segment stays visible).  Returns ``ax``."""
     spec = load_spec(model)
     x = 0
     ticks, labels = [], []
     seen = set()
+    smallest = float("inf")
     for att in ATTENTIONS:
         for rec in RECOMPUTE:
             b = activation_breakdown(spec, batch_size, seq_len, precision, att, rec)
@@ -361,12 +376,16 @@ def plot_recompute(model, ax, batch_size: int = 1, seq_len: int = 4096, precisio
                 seen.add(name)
                 bottom += v
             ax.text(x, bottom, f"{bottom:,.1f}", ha="center", va="bottom", fontsize=8)
+            smallest = min([v / UNITS[unit] for v in b.components.values() if v > 0] + [smallest])
             ticks.append(x)
             labels.append(f"{rec}\n{attention_used(spec, att)}")
             x += 1
         x += 0.5
     ax.set_xticks(ticks)
     ax.set_xticklabels(labels, fontsize=8)
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=smallest / 2)
     ax.set_ylabel(f"{unit} saved by the forward")
     ax.set_title(f"{spec.name}, b={batch_size} s={seq_len:,} {precision}: recompute none / selective / full",
                  fontsize=10)
@@ -386,9 +405,9 @@ def plot_predicted_vs_measured(measured, predicted, ax, groups=None, band: float
     ax.fill_between([lo, hi], [lo * (1 - band), hi * (1 - band)], [lo * (1 + band), hi * (1 + band)],
                     color="0.88", label=f"±{band:.0%}")
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-    for g in dict.fromkeys(groups):
+    for j, g in enumerate(dict.fromkeys(groups)):
         idx = [i for i, x in enumerate(groups) if x == g]
-        ax.plot(meas[idx], pred[idx], "o", ms=4, alpha=0.8, color=color_for(g), label=g)
+        ax.plot(meas[idx], pred[idx], MARKERS[j % len(MARKERS)], ms=4, alpha=0.8, color=color_for(g), label=g)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
@@ -398,6 +417,29 @@ def plot_predicted_vs_measured(measured, predicted, ax, groups=None, band: float
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
+    return ax
+
+
+def plot_prediction_errors(measured, predicted, ax, groups=None, unit: str = "GiB", title: str = ""):
+    """Relative error ``(predicted - measured) / measured`` in percent against the measured
+    bytes (log x), one marker per group, with the median and max |error| in the title.
+    Returns ``ax``."""
+    from ..plotting import color_for
+    meas = np.asarray(measured, dtype=float)
+    err = 100 * (np.asarray(predicted, dtype=float) - meas) / meas
+    groups = list(groups) if groups is not None else ["points"] * len(meas)
+    for j, g in enumerate(dict.fromkeys(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        ax.plot(meas[idx] / UNITS[unit], err[idx], MARKERS[j % len(MARKERS)], ms=4, alpha=0.8, color=color_for(g),
+                label=g)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    top = max(1.0, float(np.abs(err).max()) * 1.15)
+    ax.set_ylim(-top, top)
+    ax.set_xlabel(f"measured by the bench ({unit})")
+    ax.set_ylabel("memlib error (%)")
+    ax.set_title((title + ": " if title else "") + f"|error| median {np.median(np.abs(err)):.2f}%, "
+                 f"max {np.abs(err).max():.2f}%", fontsize=10)
     return ax
 
 
@@ -413,11 +455,10 @@ def activation_explorer(model="Llama-3.1-8B", batch_size: int = 1, seq_len: int 
     """
     import ipywidgets as w
 
-    from .base import Explorer
-    from .kv import _model_dropdown
+    from .base import Explorer, model_dropdown
 
     controls = {
-        "model": _model_dropdown(model, w),
+        "model": model_dropdown(model),
         "batch_size": w.IntText(value=batch_size, description="batch_size"),
         "seq_len": w.IntText(value=seq_len, description="seq_len"),
         "attention": w.Dropdown(options=list(ATTENTIONS), value=attention, description="attention"),
@@ -432,8 +473,9 @@ def activation_explorer(model="Llama-3.1-8B", batch_size: int = 1, seq_len: int 
         m = b.meta
         top = m["max_position_embeddings"]
         grid = np.unique(np.clip(2 ** np.arange(7, int(np.ceil(np.log2(top))) + 1), 1, top))
-        plot_activations_vs_seq_len(m["model"], grid, ax, attention=ATTENTIONS, recompute=m["recompute"],
+        plot_activations_vs_seq_len(m["spec"], grid, ax, attention=ATTENTIONS, recompute=m["recompute"],
                                     batch_size=m["batch_size"], precision=m["precision"], mark=m["seq_len"])
+        ax.minorticks_off()
 
     return Explorer(compute, controls, plot=plot, describe=describe_activations,
                     title="Activations: what a training step saves for its backward")

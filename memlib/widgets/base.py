@@ -41,8 +41,8 @@ class Explorer:
         self.fig = self.ax = None
         if plot is not None:
             import matplotlib.pyplot as plt
-            with plt.ioff():
-                self.fig, self.ax = plt.subplots(figsize=figsize)
+            with plt.ioff():   # constrained layout: one draw per update ("tight" bbox draws twice)
+                self.fig, self.ax = plt.subplots(figsize=figsize, layout="constrained")
             plt.close(self.fig)
         for c in self.controls.values():
             c.observe(lambda change: self.update(), names="value")
@@ -91,7 +91,7 @@ class Explorer:
             self.ax.clear()
             self.plot_fn(result, self.ax)
             buf = io.BytesIO()
-            self.fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            self.fig.savefig(buf, format="png", dpi=90)
             self.image.value = buf.getvalue()
             self.image.layout.display = None
         return result

@@ -20,15 +20,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..activations import ATTENTIONS, PRECISIONS, RECOMPUTE, Scenario, layer_saved
+from ..activations import ATTENTIONS, PRECISIONS, RECOMPUTE
 from ..breakdown import Breakdown
-from ..kv_cache import check_seq_len
 from ..lora import BASES, TARGET_GROUPS, lora_memory
 from ..optimizers import OPTIMIZERS, optimizer_state_bytes
-from ..params import count_params, total_params
+from ..params import count_params
 from ..spec import load_spec
-from ..training import (CATEGORIES, PHASES, StepInputs, _grads_by_stage, largest_param_tensor, matmul_weight_params,
-                        mlp_backward_extra, step_temporaries, step_timeline, train_memory)
+from ..training import CATEGORIES, PHASES, matmul_weight_params, prepare_step, step_timeline, train_memory
 from ..units import GB, UNITS, GiB
 from ..validation import choice, positive_int
 from .kv import GPUS
@@ -51,31 +49,14 @@ def train_timeline(model, batch_size, seq_len, precision: str = "bf16", optimize
     """The marks of :func:`memlib.training.train_memory`'s step timeline with their components.
 
     Returns a list of ``(phase, label, {component: bytes})`` with the components of
-    :data:`COMPONENTS`.  The inputs are built as ``train_memory`` builds them and passed to
-    :func:`memlib.training.step_timeline`, so the sum of each mark's components equals
+    :data:`COMPONENTS`.  The inputs come from :func:`memlib.training.prepare_step`, as
+    ``train_memory``'s do, and go through :func:`memlib.training.step_timeline`, so the sum of each mark's components equals
     ``train_memory(...).meta["timeline"]`` mark for mark (the widget tests check it).
     Inside a run of identical layers only the run's two ends are marked; live bytes change
     linearly between them.
     """
-    spec = load_spec(model)
-    seq_len = check_seq_len(spec, seq_len)
-    batch_size = positive_int("batch_size", batch_size)
-    grad_accum = positive_int("grad_accum", grad_accum)
-    choice("optimizer", optimizer, OPTIMIZERS)
-    choice("recompute", recompute, RECOMPUTE)
-    sc = Scenario(batch_size, seq_len, precision, attention, device)
-    p = 4 if sc.mixed else 2
-    head, per_layer, emb, tied = _grads_by_stage(spec, p)
-    layers = {m: layer_saved(spec, sc, moe=m) for m in set(spec.moe_layers)}
-    inputs = StepInputs(
-        weights=total_params(spec) * p,
-        optimizer=optimizer_state_bytes(spec, optimizer, state_bytes=p),
-        grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
-        autocast_cache=2 * matmul_weight_params(spec) if sc.mixed else 0,
-        autocast_cache_head=2 * spec.vocab_size * spec.embed_dim if sc.mixed else 0,
-        step_extra=step_temporaries(optimizer, largest_param_tensor(spec), p),
-        layers=layers,
-        backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers})
+    spec, sc, inputs = prepare_step(model, batch_size, seq_len, precision, optimizer, recompute,
+                                    attention, grad_accum, device)
     marks, _ = step_timeline(spec, sc, inputs, recompute, grad_accum)
     out = []
     for ph, label, *values in marks:
@@ -254,6 +235,7 @@ def plot_step_timeline(result: Breakdown, ax, measured: Breakdown | None = None,
     plain :func:`memlib.training.train_memory` one (its ``meta["timeline"]`` totals as a
     line).  Each mark is drawn as a short plateau at the moment it stands for, joined
     linearly (live bytes change linearly across a run of identical layers).
+    ``legend``: True (beside the axes), ``"inside"`` (components only, inside the axes) or False.
     ``measured``: a :func:`memlib.measure.measure_train` Breakdown whose
     ``meta["timeline"]`` (``(phase, live bytes)``) is drawn on top, its points spread
     evenly over each phase.  The x axis is progress through each phase (phases have fixed
@@ -294,21 +276,26 @@ def plot_step_timeline(result: Breakdown, ax, measured: Breakdown | None = None,
         ax.plot([mx[j]], [mv[j] / scale], "x", color="#b00020", ms=10, mew=2.5, zorder=6,
                 label=f"measured peak {mv[j] / scale:,.2f} {unit}")
         top = max(top, mv.max())
-    for ph in PHASES:
+    for ph in PHASES[1:]:
         ax.axvline(offsets[ph], color="0.3", lw=0.8, ls=":")
-        ax.text(offsets[ph] + PHASE_WIDTH[ph] / 2, top / scale * 1.03, ph, ha="center", va="bottom",
-                fontsize=9, fontweight="bold" if ph == result.peak_phase else "normal")
     if annotate:
         ax.annotate(f"peak: {result.peak_phase}, {result.meta.get('peak_at', '')}",
                     (peak_x, totals[best] / scale), xytext=(0, 8), textcoords="offset points", fontsize=8,
                     ha="right" if peak_x > end * 0.6 else "left", va="bottom")
     ax.set_xlim(0, end)
     ax.set_ylim(0, top / scale * 1.15)
-    ax.set_xticks([])
+    ax.set_xticks([offsets[ph] + PHASE_WIDTH[ph] / 2 for ph in PHASES])
+    ax.set_xticklabels([ph + (" (peak)" if ph == result.peak_phase else "") for ph in PHASES])
+    ax.tick_params(axis="x", length=0)
     ax.set_ylabel(f"live memory ({unit})")
     if title is not None:
         ax.set_title(title, fontsize=10)
-    if legend:
+    if legend == "inside":      # compact: components only (the explorers draw this one fast)
+        handles, labels = ax.get_legend_handles_labels()
+        keep = [i for i, lbl in enumerate(labels) if lbl in COMPONENT_COLORS] or list(range(len(labels)))
+        ax.legend([handles[i] for i in keep], [labels[i] for i in keep], fontsize=7, loc="lower left",
+                  ncol=min(len(keep), 3), framealpha=0.9)
+    elif legend:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
@@ -347,7 +334,7 @@ def plot_bytes_per_param(rows, ax, labels=None, reference: float | None = 16):
     ax.invert_yaxis()
     ax.set_xlim(0, max(left.max(), reference or 0) * 1.22)
     ax.set_xlabel("bytes per parameter")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 
@@ -368,8 +355,8 @@ def plot_lora_fit(results, ax, gpu_memory: int | None = None, labels=None, gpu_n
     if gpu_memory:
         g = gpu_memory / UNITS[unit]
         ax.axhline(g, color="k", ls="--", lw=1)
-        ax.text(len(results) - 0.5, g, f"{gpu_name or 'GPU'}: {g:,.2f} {unit}", ha="right", va="bottom",
-                fontsize=8)
+        ax.text(0.99, g, f"{gpu_name or 'GPU'}: {g:,.2f} {unit}", ha="right", va="bottom", fontsize=8,
+                transform=ax.get_yaxis_transform())
         ax.set_ylim(0, max(g, max(r.total for r in results) / UNITS[unit]) * 1.15)
     ax.set_ylabel(f"peak memory ({unit})")
     return ax
@@ -412,11 +399,10 @@ def training_explorer(model="Llama-3.1-8B", batch_size: int = 1, seq_len: int = 
     """
     import ipywidgets as w
 
-    from .base import Explorer
-    from .kv import _model_dropdown
+    from .base import Explorer, model_dropdown
 
     controls = {
-        "model": _model_dropdown(model, w),
+        "model": model_dropdown(model),
         "batch_size": w.IntText(value=batch_size, description="batch"),
         "seq_len": w.IntText(value=seq_len, description="seq_len"),
         "precision": w.Dropdown(options=list(PRECISIONS), value=precision, description="precision"),
@@ -431,9 +417,9 @@ def training_explorer(model="Llama-3.1-8B", batch_size: int = 1, seq_len: int = 
         return training_step(model, batch_size, seq_len, precision, optimizer, recompute, attention, grad_accum)
 
     def plot(r, ax):
-        plot_step_timeline(r, ax, title=r.title)
+        plot_step_timeline(r, ax, legend="inside")
 
-    return Explorer(compute, controls, plot=plot, describe=describe_training, figsize=(8, 3.6),
+    return Explorer(compute, controls, plot=plot, describe=describe_training, figsize=(7, 3.2),
                     title="A training step: where the peak falls")
 
 
@@ -450,11 +436,10 @@ def lora_explorer(model="Llama-2-7b", rank: int = 16, targets: str = "all-linear
     """
     import ipywidgets as w
 
-    from .base import Explorer
-    from .kv import _model_dropdown
+    from .base import Explorer, model_dropdown
 
     controls = {
-        "model": _model_dropdown(model, w),
+        "model": model_dropdown(model),
         "rank": w.IntText(value=rank, description="rank r"),
         "targets": w.Combobox(value=targets, options=list(TARGET_GROUPS) + ["q_proj, v_proj", "q, k, v, o"],
                               description="targets", ensure_option=False),
@@ -471,7 +456,7 @@ def lora_explorer(model="Llama-2-7b", rank: int = 16, targets: str = "all-linear
 
     def plot(r, ax):
         plot_lora_fit([r], ax, labels=[f"{'QLoRA' if r.meta['base'] == 'nf4' else 'LoRA'} r={r.meta['rank']}"])
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
 
     return Explorer(compute, controls, plot=plot, describe=describe_lora, figsize=(5.5, 3.6),
                     title="LoRA / QLoRA: does it fit on this GPU?")
