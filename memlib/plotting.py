@@ -72,3 +72,42 @@ def save_fig(fig, name: str, directory: Path | None = None) -> Path:
     path = directory / f"{stem}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
     return path
+
+
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">")
+
+
+def token_ticks(x, _pos=None) -> str:
+    """Tick label for a token count: 512, 4K, 128K, 1M (binary multiples)."""
+    if x >= 2**20 and x % 2**20 == 0:
+        return f"{int(x) // 2**20}M"
+    if x >= 1024 and x % 1024 == 0:
+        return f"{int(x) // 1024}K"
+    return f"{x:g}"
+
+
+def plot_predicted_vs_measured(measured, predicted, ax, groups=None, band: float = 0.05, unit: str = "GiB",
+                               title: str = ""):
+    """Predicted against measured bytes (log-log), one marker colour per group (e.g. model),
+    the diagonal and a ``±band`` strip.  Returns ``ax``."""
+    import numpy as np
+    meas = np.asarray(measured, dtype=float) / UNITS[unit]
+    pred = np.asarray(predicted, dtype=float) / UNITS[unit]
+    groups = list(groups) if groups is not None else ["points"] * len(meas)
+    lo, hi = min(meas.min(), pred.min()) * 0.8, max(meas.max(), pred.max()) * 1.25
+    ax.fill_between([lo, hi], [lo * (1 - band), hi * (1 - band)], [lo * (1 + band), hi * (1 + band)],
+                    color="0.88", label=f"±{band:.0%}")
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    for j, g in enumerate(dict.fromkeys(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        ax.plot(meas[idx], pred[idx], MARKERS[j % len(MARKERS)], ms=4, alpha=0.8, color=color_for(g), label=g)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel(f"measured by the bench ({unit})")
+    ax.set_ylabel(f"predicted by memlib ({unit})")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    return ax

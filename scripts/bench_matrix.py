@@ -92,6 +92,12 @@ def main():
         path = OUT / f"{kind}.jsonl"
         done = {key(json.loads(l)["point"]) for l in path.read_text().splitlines()} if path.exists() else set()
         todo += [(kind, p) for p in gen(models) if key(p) not in done]
+    # round-robin over models, smallest batch and sequence first, so an interrupted run
+    # still covers every model (the script resumes where it stopped)
+    by_model: dict = {}
+    for kind, p in sorted(todo, key=lambda kp: (kp[1]["seq_len"] * kp[1]["batch_size"], kp[0])):
+        by_model.setdefault(p["model"], []).append((kind, p))
+    todo = [kp for group in itertools.zip_longest(*by_model.values()) for kp in group if kp]
     print(f"{len(todo)} points to measure", file=sys.stderr)
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=20) as pool:
         for i, (kind, p, res) in enumerate(pool.imap_unordered(run_point, todo), 1):

@@ -19,3 +19,12 @@ def tiny_llama():
     return {"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4,
             "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 96,
             "max_position_embeddings": 256, "tie_word_embeddings": False}
+
+
+@pytest.fixture
+def ax():
+    """A fresh matplotlib axes (Agg), closed after the test."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    yield ax
+    plt.close(fig)

@@ -24,14 +24,6 @@ OUTSIDE_BF16 = 2 * S * HD * 2 + NORM_BF16 + 8 * T        # RoPE cos/sin, final n
 LOSS = 4 * T * V                                         # fp32 log-softmax
 
 
-@pytest.fixture
-def ax():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots()
-    yield ax
-    plt.close(fig)
 
 
 def test_tiny_sdpa_by_hand(tiny_llama):

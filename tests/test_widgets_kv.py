@@ -20,14 +20,6 @@ LLAMA31_8B_PARAMS = 8_030_261_248                    # published; chapter 01 der
 H100 = 81_559 * 2**20                                # nvidia-smi total of an H100 80GB HBM3
 
 
-@pytest.fixture
-def ax():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots()
-    yield ax
-    plt.close(fig)
 
 
 # -- kv_explorer ----------------------------------------------------------------------------

@@ -29,14 +29,6 @@ def test_tiny_count_by_hand(tiny_llama):
     assert P_TINY == 78_144 == memlib.total_params(tiny_llama)
 
 
-@pytest.fixture
-def ax():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots()
-    yield ax
-    plt.close(fig)
 
 
 # -- state bytes per recipe and optimizer -----------------------------------------------------

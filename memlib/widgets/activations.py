@@ -26,6 +26,7 @@ from ..kv_cache import check_seq_len
 from ..spec import load_spec
 from ..training import QUADRATIC, checkpointed_inputs, train_memory
 from ..units import GiB, UNITS
+from ..plotting import plot_predicted_vs_measured, token_ticks as _tokens  # noqa: F401
 from ..validation import choice, positive_int
 
 #: The four blocks a decoder layer's saved tensors are grouped into, with their colours.
@@ -160,14 +161,6 @@ def describe_activations(b: Breakdown) -> str:
 
 
 # -- plot functions -------------------------------------------------------------------------
-def _tokens(x, _pos=None) -> str:
-    if x >= 2**20 and x % 2**20 == 0:
-        return f"{int(x) // 2**20}M"
-    if x >= 1024 and x % 1024 == 0:
-        return f"{int(x) // 1024}K"
-    return f"{x:g}"
-
-
 def plot_activations_vs_seq_len(model, seq_lens, ax, attention=("sdpa", "eager"), recompute: str = "none",
                                 batch_size: int = 1, precision: str = "bf16", what: str = "train",
                                 mark: int | None = None, measured: dict | None = None, unit: str = "GiB",
@@ -390,33 +383,6 @@ def plot_recompute(model, ax, batch_size: int = 1, seq_len: int = 4096, precisio
     ax.set_title(f"{spec.name}, b={batch_size} s={seq_len:,} {precision}: recompute none / selective / full",
                  fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return ax
-
-
-def plot_predicted_vs_measured(measured, predicted, ax, groups=None, band: float = 0.05, unit: str = "GiB",
-                               title: str = ""):
-    """Predicted against measured bytes (log-log), one marker colour per group (e.g. model),
-    the diagonal and a ``±band`` strip.  Returns ``ax``."""
-    from ..plotting import color_for
-    meas = np.asarray(measured, dtype=float) / UNITS[unit]
-    pred = np.asarray(predicted, dtype=float) / UNITS[unit]
-    groups = list(groups) if groups is not None else ["points"] * len(meas)
-    lo, hi = min(meas.min(), pred.min()) * 0.8, max(meas.max(), pred.max()) * 1.25
-    ax.fill_between([lo, hi], [lo * (1 - band), hi * (1 - band)], [lo * (1 + band), hi * (1 + band)],
-                    color="0.88", label=f"±{band:.0%}")
-    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-    for j, g in enumerate(dict.fromkeys(groups)):
-        idx = [i for i, x in enumerate(groups) if x == g]
-        ax.plot(meas[idx], pred[idx], MARKERS[j % len(MARKERS)], ms=4, alpha=0.8, color=color_for(g), label=g)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel(f"measured by the bench ({unit})")
-    ax.set_ylabel(f"predicted by memlib ({unit})")
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
     return ax
 
 

@@ -24,6 +24,7 @@ from ..kv_cache import (KV_DTYPES, MLA_FORMS, bytes_per_token, kv_cache, kv_cros
                         max_concurrency, max_requests)
 from ..spec import load_spec
 from ..units import GB, UNITS, GiB
+from ..plotting import token_ticks as _tokens
 from ..weights import weight_memory
 
 #: Memory of each GPU as the driver reports it (``nvidia-smi`` "Total", the same number
@@ -57,15 +58,6 @@ WEIGHT_DTYPES = ("bf16", "fp8", "int8", "int4", "gptq", "awq", "nf4")
 
 def _label(spec) -> str:
     return spec.name
-
-
-def _tokens(x, _pos=None) -> str:
-    """Tick label for a token count: 512, 4K, 128K, 1M (binary multiples)."""
-    if x >= 2**20 and x % 2**20 == 0:
-        return f"{int(x) // 2**20}M"
-    if x >= 1024 and x % 1024 == 0:
-        return f"{int(x) // 1024}K"
-    return f"{x:g}"
 
 
 def _token_axis(axis):

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..plotting import plot_predicted_vs_measured  # noqa: F401  (re-exported for chapter 04)
 from ..activations import ATTENTIONS, PRECISIONS, RECOMPUTE
 from ..breakdown import Breakdown
 from ..lora import BASES, TARGET_GROUPS, lora_memory
@@ -359,30 +360,6 @@ def plot_lora_fit(results, ax, gpu_memory: int | None = None, labels=None, gpu_n
                 transform=ax.get_yaxis_transform())
         ax.set_ylim(0, max(g, max(r.total for r in results) / UNITS[unit]) * 1.15)
     ax.set_ylabel(f"peak memory ({unit})")
-    return ax
-
-
-def plot_predicted_vs_measured(measured, predicted, ax, groups=None, band: float = 0.05,
-                               unit: str = "GiB"):
-    """Predicted against measured bytes on log-log axes, one colour per group (e.g. model),
-    with the diagonal and a ``±band`` region.  Returns ``ax``."""
-    from ..plotting import color_for
-    measured = np.asarray(measured, dtype=float) / UNITS[unit]
-    predicted = np.asarray(predicted, dtype=float) / UNITS[unit]
-    groups = list(groups) if groups is not None else [""] * len(measured)
-    lo, hi = min(measured.min(), predicted.min()) * 0.8, max(measured.max(), predicted.max()) * 1.25
-    ax.fill_between([lo, hi], [lo * (1 - band), hi * (1 - band)], [lo * (1 + band), hi * (1 + band)],
-                    color="0.88", label=f"±{band:.0%}")
-    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-    for g in dict.fromkeys(groups):
-        idx = [i for i, h in enumerate(groups) if h == g]
-        ax.loglog(measured[idx], predicted[idx], "o", ms=4, alpha=0.75, color=color_for(g) if g else None,
-                  label=g or None)
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel(f"measured by the bench ({unit})")
-    ax.set_ylabel(f"predicted by memlib ({unit})")
-    ax.legend(fontsize=7, loc="upper left")
     return ax
 
 
