@@ -8,21 +8,25 @@ NOTEBOOKS = $(sort $(wildcard notebooks/*.ipynb))
 
 .PHONY: lab test notebooks bench validate clean
 
+# the course runs the bench (torch + transformers) in chapters 02-04, so both envs have it
 $(VENV)/.course: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ needed"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[course]"
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[course,measure]"
 	touch $@
 
 $(VENV)/.test: $(VENV)/.course
-	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[course,measure,test]"
 	touch $@
 
+# JupyterLab refuses to start as root (containers, cloud VMs) unless told it may
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 ## make lab: set up and open the course in JupyterLab
 lab: $(VENV)/.course
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(ALLOW_ROOT)
 
 ## make test: set up and run every test, notebooks included (nbval, strict)
 test: $(VENV)/.test
