@@ -41,7 +41,7 @@ class Explorer:
         self.fig = self.ax = None
         if plot is not None:
             import matplotlib.pyplot as plt
-            with plt.ioff():   # constrained layout: one draw per update ("tight" bbox draws twice)
+            with plt.ioff():   # constrained layout for the first draw ("tight" bbox draws twice)
                 self.fig, self.ax = plt.subplots(figsize=figsize, layout="constrained")
             plt.close(self.fig)
         for c in self.controls.values():
@@ -91,7 +91,10 @@ class Explorer:
             self.ax.clear()
             self.plot_fn(result, self.ax)
             buf = io.BytesIO()
-            self.fig.savefig(buf, format="png", dpi=90)
+            self.fig.savefig(buf, format="png", dpi=72)
+            # lay the figure out once (constrained layout measures every label: slow), then
+            # keep those margins for later updates
+            self.fig.set_layout_engine("none")
             self.image.value = buf.getvalue()
             self.image.layout.display = None
         return result
