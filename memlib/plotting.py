@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .units import UNITS
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
@@ -24,9 +26,6 @@ def color_for(name: str) -> str:
 
 
 def _plt():
-    import matplotlib
-    if matplotlib.get_backend().lower().startswith("module://matplotlib_inline") is False:
-        pass
     import matplotlib.pyplot as plt
     return plt
 
@@ -90,7 +89,6 @@ def plot_predicted_vs_measured(measured, predicted, ax, groups=None, band: float
                                title: str = ""):
     """Predicted against measured bytes (log-log), one marker colour per group (e.g. model),
     the diagonal and a ``±band`` strip.  Returns ``ax``."""
-    import numpy as np
     meas = np.asarray(measured, dtype=float) / UNITS[unit]
     pred = np.asarray(predicted, dtype=float) / UNITS[unit]
     groups = list(groups) if groups is not None else ["points"] * len(meas)
