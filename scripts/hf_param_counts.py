@@ -19,13 +19,9 @@ Options:
              (``model.layers.*.mlp.up_proj.weight  <sum over layers>``)
   --json F   also write {name: {"total": int, "groups": {...}, "tied": bool, ...}} to F
 
-Config handling (kept deliberately small, each step is printed as a note):
-  * RefinedWeb-era Falcon files (model_type "RefinedWebModel"/"RefinedWeb", keys
-    n_head/n_layer/n_head_kv) are mapped to the in-library "falcon" names the way
-    transformers' own ``convert_custom_code_checkpoint.py`` does.
-  * ``quantization_config`` is dropped (DeepSeek-V3 ships FP8 block-quantised weights;
-    the *architecture* is what is counted here).
-  * ``auto_map`` is ignored (no remote code).
+Configs are cleaned exactly as the bench cleans them
+(:func:`memlib.measure.build.clean_config`): RefinedWeb-era Falcon key names are mapped to
+``falcon``, ``quantization_config`` and ``auto_map`` are dropped (no remote code runs).
 
 This script is a development aid for memlib's tests: it needs ``torch`` and
 ``transformers``, which memlib itself does not depend on.
@@ -41,40 +37,22 @@ from collections import OrderedDict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 DEFAULT_GLOBS = [ROOT / "memlib" / "models", ROOT / "tests" / "data" / "falcon-7b-refinedweb.json"]
 
 
-def normalise(cfg: dict) -> tuple[dict, list[str]]:
-    """Return (kwargs for AutoConfig.for_model, notes)."""
-    cfg = dict(cfg)
-    notes = []
-    mt = cfg.get("model_type")
-    if mt in ("RefinedWebModel", "RefinedWeb"):
-        # Same mapping as transformers/models/falcon/convert_custom_code_checkpoint.py
-        ren = {"n_head": "num_attention_heads", "n_layer": "num_hidden_layers", "n_head_kv": "num_kv_heads"}
-        for old, new in ren.items():
-            if old in cfg:
-                cfg[new] = cfg.pop(old)
-        cfg["new_decoder_architecture"] = mt == "RefinedWeb"
-        cfg["model_type"] = "falcon"
-        notes.append(f"model_type {mt} -> falcon, n_head/n_layer(/n_head_kv) renamed")
-    if "quantization_config" in cfg:
-        cfg.pop("quantization_config")
-        notes.append("quantization_config dropped")
-    cfg.pop("auto_map", None)
-    return cfg, notes
-
-
-def build(cfg: dict):
+def build(path: Path):
+    """``(model on the meta device, notes)``: the config cleaned and read as the bench does
+    (:func:`memlib.measure.build.clean_config`: RefinedWeb names mapped to falcon,
+    ``quantization_config`` and ``auto_map`` dropped), built with no remote code."""
     import torch
     import transformers
 
-    kwargs = dict(cfg)
-    model_type = kwargs.pop("model_type")
-    config = transformers.AutoConfig.for_model(model_type, **kwargs)
+    from memlib.measure.build import clean_config, hf_config
+    name, cfg, notes = clean_config(str(path))
+    config = hf_config(name, cfg)
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    return config, model
+        return transformers.AutoModelForCausalLM.from_config(config), notes
 
 
 def fold(name: str) -> str:
@@ -143,16 +121,14 @@ def main(argv=None) -> int:
     width = max((len(p.stem) for p in catalog_paths(args.paths)), default=10)
     for path in catalog_paths(args.paths):
         name = path.stem
-        raw = json.loads(path.read_text())
-        cfg, notes = normalise(raw)
         try:
-            config, model = build(cfg)
+            model, notes = build(path)
         except Exception as e:  # report and continue
             failures += 1
             print(f"{name:<{width}}  FAILED: {type(e).__name__}: {e}")
             if args.groups:
                 traceback.print_exc()
-            results[name] = {"error": f"{type(e).__name__}: {e}", "notes": notes}
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
             continue
         total, groups, tied = count(model)
         bufs = persistent_buffers(model)

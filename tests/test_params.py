@@ -27,35 +27,28 @@ def test_published_counts(entry):
         assert got == pytest.approx(entry["params"], rel=entry["rel_tol"]), entry["source"]
 
 
-def _transformers_count(cfg: dict) -> int:
+def _transformers_count(model) -> int:
+    """``sum(p.numel() for p in model.parameters())`` of the transformers model built from the
+    config on the meta device (the bench's config cleaning: RefinedWeb names, no quantisation)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    cfg = {k: v for k, v in cfg.items() if k not in ("quantization_config", "auto_map")}
-    if cfg["model_type"] in ("RefinedWebModel", "RefinedWeb"):
-        cfg["new_decoder_architecture"] = cfg["model_type"] == "RefinedWeb"
-        for old, new in {"n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
-                         "n_head_kv": "num_kv_heads"}.items():
-            if old in cfg:
-                cfg[new] = cfg.pop(old)
-        cfg["model_type"] = "falcon"
-    config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    from memlib.measure.build import clean_config, hf_config
+    name, cfg, _ = clean_config(model)
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+        built = transformers.AutoModelForCausalLM.from_config(hf_config(name, cfg))
+    return sum(p.numel() for p in built.parameters())
 
 
 @pytest.mark.parametrize("name", memlib.catalog_names())
 def test_matches_transformers_on_meta_device(name):
-    _, cfg = memlib.load_config(name)
-    assert memlib.total_params(name) == _transformers_count(cfg)
+    assert memlib.total_params(name) == _transformers_count(name)
 
 
 def test_refinedweb_key_names_match_transformers():
     path = DATA / "falcon-7b-refinedweb.json"
     if not path.exists():
         pytest.skip("no RefinedWeb fixture")
-    cfg = json.loads(path.read_text())
-    assert memlib.total_params(str(path)) == _transformers_count(cfg)
+    assert memlib.total_params(str(path)) == _transformers_count(str(path))
 
 
 def test_gpt2_by_hand():
