@@ -64,7 +64,7 @@ lock:
 
 ## make check-latest: what the newest torch/transformers would change (a throwaway venv)
 check-latest:
-	$(PYTHON) scripts/check_latest.py
+	$(PYTHON) scripts/check_latest.py --write data/bench/newer_versions.json
 
 clean:
 	rm -rf $(VENV)

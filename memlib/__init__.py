@@ -11,16 +11,20 @@ The core imports only numpy.  Plotting (matplotlib), widgets (ipywidgets) and th
     >>> memlib.train_memory("Llama-3.1-8B", batch_size=1, seq_len=2048).peak_phase
     'step'
 """
-from .breakdown import Breakdown
+from . import spec as _spec
+from .breakdown import KINDS, Breakdown, combine
 from .catalog import catalog_names, load_config
-from .kv_cache import bytes_per_token, kv_bytes, kv_cache, max_concurrency
+from .kv_cache import bytes_per_token, kv_bytes, kv_cache, kv_summary
 from .params import active_params, count_params, linear_layers, total_params
-from .spec import ModelSpec, load_spec, supported_model_types
+from .scenario import Scenario
+from .spec import *  # noqa: F401,F403  (ModelSpec, load_spec and the supported families)
 from .units import GB, GiB, fmt_bytes
 from .weights import bits_per_param, weight_formats, weight_memory
 from .inference import inference_memory
-from .training import train_memory
-from .lora import lora_memory, lora_params
+from .training import Stage, state_bytes, train_memory
+from .lora import lora_fit, lora_memory, lora_params
+from .serving import max_concurrency, serving_breakdown
+from .hardware import GPUS, gpu_bytes
 
 __version__ = "0.1.0"
 
@@ -42,9 +46,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'memlib' has no attribute {name!r}")
 
 
-__all__ = ["Breakdown", "ModelSpec", "load_spec", "load_config", "catalog_names",
-           "supported_model_types", "count_params", "total_params", "active_params",
-           "linear_layers", "weight_memory", "weight_formats", "bits_per_param", "kv_cache",
-           "kv_bytes", "bytes_per_token", "max_concurrency", "inference_memory", "train_memory",
-           "lora_memory", "lora_params", "fmt_bytes", "GiB", "GB",
-           *_LAZY]
+__all__ = ["Breakdown", "combine", "KINDS", "Scenario", "Stage", *_spec.__all__, "load_config", "catalog_names",
+           "count_params", "total_params", "active_params", "linear_layers", "weight_memory", "weight_formats",
+           "bits_per_param", "kv_cache", "kv_bytes", "kv_summary", "bytes_per_token", "max_concurrency",
+           "serving_breakdown", "inference_memory", "train_memory", "state_bytes", "lora_memory", "lora_fit",
+           "lora_params", "GPUS", "gpu_bytes", "fmt_bytes", "GiB", "GB", *_LAZY]

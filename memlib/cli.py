@@ -1,27 +1,66 @@
-"""Command line: ``python -m memlib params|kv|measure|inference|train|catalog ...``.
+"""Command line: ``python -m memlib params|kv|inference|train|lora|measure|catalog ...``.
 
 Every command prints a table, or JSON with ``--json``.  The JSON keys named in each
-command's help are a contract other tools rely on.  Bad arguments exit with status 2
-and a one-line message on stderr.
+command's help are a contract other tools rely on.  Bad input exits with status 2 and a
+one-line message on stderr that names the field; a missing optional dependency exits
+with 3; an internal error prints one line and exits with 1 (``MEMLIB_DEBUG=1`` shows the
+traceback).  Nothing read from a config reaches the terminal unescaped.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from .validation import safe_text
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
-        print(f"memlib: error: {message}", file=sys.stderr)
+        print(f"memlib: error: {safe_text(message, limit=400)}", file=sys.stderr)
         raise SystemExit(2)
 
 
-def _emit(args, payload: dict, table: str):
+def _emit(args, payload, table: str):
     if args.json:
         print(json.dumps(payload, indent=2, sort_keys=False))
     else:
         print(table)
+
+
+def _int(text: str) -> int:
+    """A whole number as typed: ``4096``, ``4_096``, ``1e4`` (if whole); else a one-line error."""
+    t = text.strip().replace("_", "")
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        v = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v != v or v in (float("inf"), float("-inf")) or not v.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(v)
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def _note_shadowed(model):
+    from .catalog import shadowed_catalog_name
+    local = shadowed_catalog_name(model)
+    if local:
+        print(f"memlib: note: read the catalog's {model!r}, not {safe_text(local)}; "
+              f"type ./{model} to read the local file", file=sys.stderr)
 
 
 def cmd_params(args):
@@ -36,70 +75,72 @@ def cmd_params(args):
 
 
 def cmd_kv(args):
-    """JSON: bytes, bytes_per_token, seq_len, batch_size, kv_dtype, components."""
+    """JSON: bytes, bytes_per_token, seq_len, batch_size, kv_dtype, runtime, components."""
     from .kv_cache import kv_cache
     kv = kv_cache(args.model, args.seq_len, args.batch_size, args.kv_dtype, mla_form=args.mla_form,
-                  block_size=args.block_size)
+                  block_size=args.block_size, runtime=args.runtime)
     payload = {"model": args.model, "bytes": kv.total, "bytes_per_token": kv.meta["bytes_per_token"],
                "seq_len": args.seq_len, "batch_size": args.batch_size, "kv_dtype": args.kv_dtype,
-               "components": dict(kv.components)}
+               "runtime": args.runtime, "components": dict(kv.components)}
     _emit(args, payload, kv.table() + f"\n\nper token (all layers): {kv.meta['bytes_per_token']:,} bytes")
 
 
 def cmd_catalog(args):
-    """JSON: a list of {name, model_type, params, active_params, attention}."""
+    """JSON: a list of rows, each :meth:`memlib.ModelSpec.describe` plus params and active_params."""
     from .catalog import catalog_names
     from .params import count_params
     from .spec import load_spec
     rows = []
     for name in catalog_names():
-        spec, c = load_spec(name), count_params(name)
-        rows.append({"name": name, "model_type": spec.model_type, "params": c.total,
-                     "active_params": c.meta["active"], "attention": spec.attention_kind})
-    table = "\n".join(f"{r['name']:<26}{r['model_type']:<14}{r['params'] / 1e9:>9.3f}B  "
+        counts = count_params(name)
+        rows.append({**load_spec(name).describe(), "params": counts.total, "active_params": counts.meta["active"]})
+    table = "\n".join(f"{r['name']:<26}{r['family']:<12}{r['params'] / 1e9:>9.3f}B  "
                       f"{r['active_params'] / 1e9:>8.3f}B active  {r['attention']}" for r in rows)
     _emit(args, rows, table)
 
 
 def _breakdown_payload(args, b, **extra) -> dict:
-    return {"model": args.model, "total": b.total, "components": dict(b.components), **extra}
+    return {"model": args.model, "total": b.total, "components": dict(b.components), "kinds": dict(b.kinds),
+            **extra}
 
 
 def cmd_inference(args):
-    """JSON: total (weights + prefill peak), components, prefill_peak, peak_at."""
+    """JSON: total (weights + prefill peak), components, prefill_peak, peak_at, runtime."""
     from .inference import inference_memory
     b = inference_memory(args.model, args.batch_size, args.seq_len, args.dtype, args.kv_dtype,
-                         args.attention)
-    payload = _breakdown_payload(args, b, prefill_peak=int(b.meta["prefill_peak"]), peak_at=b.meta["peak_at"],
+                         args.attention, runtime=args.runtime)
+    payload = _breakdown_payload(args, b, prefill_peak=int(b.meta["prefill_peak"]), peak_at=b.peak_at,
                                  batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
-                                 kv_dtype=args.kv_dtype or args.dtype, attention=b.meta["attention"])
-    _emit(args, payload, b.table() + f"\n\npeak in the last layer's {b.meta['peak_at']}")
+                                 kv_dtype=args.kv_dtype or args.dtype, attention=b.meta["attention"],
+                                 runtime=args.runtime)
+    _emit(args, payload, b.table() + f"\n\npeak in the last layer's {b.peak_at}")
 
 
 def _phase_payload(args, b, **extra):
     return _breakdown_payload(args, b, peak=b.total, peak_phase=b.peak_phase, phase_peak=dict(b.phases),
-                              peak_at=b.meta["peak_at"], batch_size=args.batch_size, seq_len=args.seq_len,
-                              **extra)
+                              peak_at=b.peak_at, batch_size=args.batch_size, seq_len=args.seq_len,
+                              runtime=args.runtime, **extra)
 
 
 def cmd_train(args):
-    """JSON: peak (bytes), peak_phase (forward|backward|step), components, phase_peak."""
+    """JSON: peak (bytes), peak_phase (forward|backward|step), peak_at, components, phase_peak."""
     from .training import train_memory
     b = train_memory(args.model, args.batch_size, args.seq_len, args.precision, args.optimizer,
-                     args.recompute, args.attention, args.grad_accum)
+                     args.recompute, args.attention, args.grad_accum, runtime=args.runtime)
     payload = _phase_payload(args, b, precision=args.precision, optimizer=args.optimizer,
                              recompute=args.recompute, attention=b.meta["attention"], grad_accum=args.grad_accum)
     _emit(args, payload, b.table())
 
 
 def cmd_lora(args):
-    """JSON: peak, peak_phase, components, trainable_params."""
+    """JSON: peak, peak_phase, peak_at, components, trainable_params."""
     from .lora import lora_memory
     b = lora_memory(args.model, args.batch_size, args.seq_len, args.rank, args.targets.split(","),
-                    args.base, args.double_quant, optimizer=args.optimizer, recompute=args.recompute,
-                    attention=args.attention)
+                    args.base, args.double_quant, adapter_dtype=args.adapter_dtype, optimizer=args.optimizer,
+                    recompute=args.recompute, attention=args.attention, lora_dropout=args.lora_dropout,
+                    grad_accum=args.grad_accum)
     payload = _phase_payload(args, b, trainable_params=b.meta["trainable_params"], rank=args.rank,
-                             base=args.base, targets=b.meta["targets"])
+                             base=args.base, targets=b.meta["targets"], lora_dropout=args.lora_dropout)
     _emit(args, payload, b.table() + f"\n\ntrainable parameters: {b.meta['trainable_params']:,}")
 
 
@@ -108,6 +149,9 @@ EXTRA_COMMANDS = ["memlib.measure.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .kv_cache import KV_DTYPES, MLA_FORMS
+    from .scenario import ATTENTIONS, OPTIMIZERS, PRECISIONS, RECOMPUTE, RUNTIMES, TRAIN_RUNTIMES
+
     p = _Parser(prog="python -m memlib", description="GPU memory of LLMs, byte-exact.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
@@ -122,45 +166,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("kv", help="KV-cache bytes")
     common(sp)
-    sp.add_argument("--seq-len", type=int, required=True)
-    sp.add_argument("--batch-size", type=int, default=1)
-    sp.add_argument("--kv-dtype", default="bf16")
-    sp.add_argument("--mla-form", default="latent", choices=["latent", "expanded"])
-    sp.add_argument("--block-size", type=int, default=None, help="paged blocks of this many tokens")
+    sp.add_argument("--seq-len", type=_int, required=True)
+    sp.add_argument("--batch-size", type=_int, default=1)
+    sp.add_argument("--kv-dtype", default="bf16", choices=KV_DTYPES)
+    sp.add_argument("--mla-form", default="latent", choices=MLA_FORMS)
+    sp.add_argument("--block-size", type=_int, default=None, help="paged blocks of this many tokens")
+    sp.add_argument("--runtime", default="minimal", choices=RUNTIMES,
+                    help="minimal: the architecture's minimum (default); transformers: what HF transformers holds")
     sp.set_defaults(func=cmd_kv)
 
-    def step(sp):
-        sp.add_argument("--batch-size", type=int, required=True)
-        sp.add_argument("--seq-len", type=int, required=True)
-        sp.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"])
+    def step(sp, runtimes, default_runtime):
+        sp.add_argument("--batch-size", type=_int, required=True)
+        sp.add_argument("--seq-len", type=_int, required=True)
+        sp.add_argument("--attention", default="sdpa", choices=ATTENTIONS)
+        sp.add_argument("--runtime", default=default_runtime, choices=runtimes,
+                        help="whose allocations are predicted (default: %(default)s)")
 
     sp = sub.add_parser("inference", help="weights + prefill peak (KV cache included)")
     common(sp)
-    step(sp)
+    step(sp, RUNTIMES, "minimal")
     sp.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16"])
-    sp.add_argument("--kv-dtype", default=None, help="defaults to --dtype")
+    sp.add_argument("--kv-dtype", default=None, choices=KV_DTYPES, help="defaults to --dtype")
     sp.set_defaults(func=cmd_inference)
 
     sp = sub.add_parser("train", help="peak of one training step, and its phase")
     common(sp)
-    step(sp)
-    sp.add_argument("--precision", default="bf16", choices=["bf16", "mixed"])
-    sp.add_argument("--optimizer", default="adamw",
-                    choices=["adamw", "sgd", "sgd_momentum", "adafactor", "adamw_8bit", "lion"])
-    sp.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
-    sp.add_argument("--grad-accum", type=int, default=1)
+    step(sp, TRAIN_RUNTIMES, "transformers")
+    sp.add_argument("--precision", default="bf16", choices=PRECISIONS,
+                    help="bf16 (default: every tensor bf16, the smallest and a lossy recipe) or mixed "
+                         "(fp32 master weights, gradients and state, autocast forward)")
+    sp.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    sp.add_argument("--recompute", default="none", choices=RECOMPUTE)
+    sp.add_argument("--grad-accum", type=_int, default=1)
     sp.set_defaults(func=cmd_train)
 
+    from .lora import ADAPTER_DTYPES, BASES
     sp = sub.add_parser("lora", help="peak of one LoRA / QLoRA training step")
     common(sp)
-    step(sp)
-    sp.add_argument("--rank", type=int, default=16)
+    step(sp, TRAIN_RUNTIMES, "transformers")
+    sp.add_argument("--rank", type=_int, default=16)
     sp.add_argument("--targets", default="all-linear", help="all-linear, attention, mlp, or q,k,v,o,gate,up,down")
-    sp.add_argument("--base", default="bf16", choices=["bf16", "nf4"])
+    sp.add_argument("--base", default="bf16", choices=BASES)
     sp.add_argument("--double-quant", action="store_true")
-    sp.add_argument("--optimizer", default="adamw",
-                    choices=["adamw", "sgd", "sgd_momentum", "adafactor", "adamw_8bit", "lion"])
-    sp.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
+    sp.add_argument("--adapter-dtype", default="bf16", choices=ADAPTER_DTYPES)
+    sp.add_argument("--lora-dropout", type=_float, default=0.0, help="dropout on the adapters' input, in [0, 1)")
+    sp.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    sp.add_argument("--recompute", default="none", choices=RECOMPUTE)
+    sp.add_argument("--grad-accum", type=_int, default=1)
     sp.set_defaults(func=cmd_lora)
 
     sp = sub.add_parser("catalog", help="list the catalog models")
@@ -181,11 +233,24 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "model", None) is not None:
+            _note_shadowed(args.model)
         rc = args.func(args)
+        sys.stdout.flush()
     except ValueError as e:
-        print(f"memlib: error: {e}", file=sys.stderr)
+        print(f"memlib: error: {safe_text(e, limit=600)}", file=sys.stderr)
         return 2
     except ImportError as e:
-        print(f"memlib: error: {e}", file=sys.stderr)
+        print(f"memlib: error: {safe_text(e, limit=600)}", file=sys.stderr)
         return 3
+    except BrokenPipeError:          # `... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as e:           # a bug: one line, not a traceback (MEMLIB_DEBUG=1 shows it)
+        if os.environ.get("MEMLIB_DEBUG"):
+            raise
+        print(f"memlib: internal error: {type(e).__name__}: {safe_text(e, limit=400)} "
+              f"(set MEMLIB_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
+        return 1
     return int(rc or 0)

@@ -10,33 +10,36 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import Scenario, attention_used, prefill_transients
+from .activations import prefill_transients
 from .breakdown import Breakdown
-from .kv_cache import check_seq_len, kv_cache
+from .kv_cache import kv_cache
+from .scenario import Scenario, attention_used, check_seq_len
 from .spec import load_spec
 from .units import canonical_dtype, dtype_bytes
-from .validation import positive_int
+from .validation import exact_sweeps, positive_int
 from .weights import weight_memory
 
 
+@exact_sweeps("batch_size", "seq_len")
 def inference_memory(model, batch_size, seq_len, dtype: str = "bf16", kv_dtype: str | None = None,
-                     attention: str = "sdpa", window_tokens: str = "window-1") -> Breakdown:
+                     attention: str = "sdpa", runtime: str = "minimal") -> Breakdown:
     """Weights + prefill peak of one batch (chapter 03 §inference).
 
-    Components: ``weights``, ``kv_cache``, ``activations`` (the transient at the peak).
-    ``meta["peak_at"]`` names where in the layer the peak happens (``"mlp"``,
-    ``"moe_combine"`` or ``"attention"``).  ``kv_dtype`` defaults to ``dtype``;
-    ``window_tokens`` is passed to :func:`memlib.kv_cache` (``"all"`` reproduces what
-    transformers holds right after a prefill).
+    ``total = weights + kv_cache + max(prefill transients)``.  Components: ``weights``,
+    ``kv_cache``, ``activations`` (the transient at the peak).  ``peak_at`` names where in
+    the layer the peak happens (``"mlp"``, ``"moe_combine"`` or ``"attention"``).
+    ``kv_dtype`` defaults to ``dtype``; ``runtime`` is passed to :func:`memlib.kv_cache`
+    (``"transformers"`` reproduces what transformers holds right after a prefill, which
+    the bench measures).
     """
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
     batch_size = positive_int("batch_size", batch_size)
     dtype = canonical_dtype(dtype, "dtype", allowed=("fp32", "fp16", "bf16"))
     kv_dtype = dtype if kv_dtype is None else kv_dtype
-    sc = Scenario(batch_size, seq_len, "bf16", attention)
+    sc = Scenario(batch_size, seq_len, "bf16", attention, runtime=runtime)
     weights = weight_memory(spec, dtype).total
-    kv = kv_cache(spec, seq_len, batch_size, kv_dtype, window_tokens=window_tokens).total
+    kv = kv_cache(spec, seq_len, batch_size, kv_dtype, runtime=runtime).total
     cands = prefill_transients(spec, sc, int(dtype_bytes(dtype)))
     if np.ndim(kv) == 0:
         where = max(cands, key=cands.get)
@@ -46,6 +49,10 @@ def inference_memory(model, batch_size, seq_len, dtype: str = "bf16", kv_dtype: 
         stacked = np.stack([np.broadcast_to(cands[n], np.shape(kv)) for n in names])
         transient, where = stacked.max(axis=0), np.array(names)[stacked.argmax(axis=0)]
     comps = {"weights": weights, "kv_cache": kv, "activations": transient}
-    meta = {"prefill_peak": kv + transient, "peak_at": where, "attention": attention_used(spec, attention),
-            "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype, "kv_dtype": kv_dtype}
-    return Breakdown(comps, title=f"{spec.name} prefill, b={batch_size} s={seq_len} {dtype}", meta=meta)
+    meta = {"model": spec.name, "prefill_peak": kv + transient, "attention": attention_used(spec, attention),
+            "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype, "kv_dtype": kv_dtype,
+            "runtime": runtime}
+    return Breakdown(comps, title=f"{spec.name} prefill, b={batch_size} s={seq_len} {dtype}",
+                     kinds={"weights": "model_state", "kv_cache": "kv", "activations": "transient"},
+                     peak_at=where if np.ndim(kv) == 0 else None,
+                     meta=meta if np.ndim(kv) == 0 else {**meta, "peak_at": where})

@@ -18,14 +18,14 @@ transient the size of the largest projection.
 """
 from __future__ import annotations
 
-from .activations import Scenario, attention_used, layer_saved
+from .activations import Saved, layer_tensors, without_frozen
 from .breakdown import Breakdown
-from .kv_cache import check_seq_len
-from .optimizers import OPTIMIZERS, tensor_state_bytes
+from .optimizers import tensor_state_bytes
 from .params import named_linears
+from .scenario import OPTIMIZERS, Scenario, attention_used, check_seq_len
 from .spec import load_spec
 from .training import StepInputs, mlp_backward_extra, step_temporaries, step_timeline, summarize
-from .validation import choice, positive_int
+from .validation import choice, exact_sweeps, fraction, positive_int, safe_text
 from .weights import weight_memory
 
 #: Target shorthands, as PEFT users write them.
@@ -41,7 +41,9 @@ _READS_MLP_NORM = {"gate", "up", "gate_up", "shared_gate", "shared_up"}
 
 
 def resolve_targets(model, targets) -> tuple[str, ...]:
-    """Module names targeted by ``targets`` (a group name or an iterable of module names).
+    """Module names targeted by ``targets`` (chapter 04): a group name (``all-linear``,
+    ``attention``, ``mlp``), a module name, or an iterable of either (``["q_proj", "v_proj"]``,
+    ``["all-linear"]``).
 
     Fused families expose fused names: asking for ``q`` on Phi-3 targets its ``qkv``.
     MoE experts are fused tensors in transformers, not Linear modules, and are never
@@ -49,8 +51,15 @@ def resolve_targets(model, targets) -> tuple[str, ...]:
     """
     spec = load_spec(model)
     available = {name for comp, name, *_ in named_linears(spec) if comp != "experts"}
-    names = TARGET_GROUPS[targets] if isinstance(targets, str) and targets in TARGET_GROUPS else (
-        (targets,) if isinstance(targets, str) else tuple(targets))
+    if targets is None or isinstance(targets, (bytes, int, float)):
+        raise ValueError(f"targets: expected a group ({', '.join(TARGET_GROUPS)}) or module names, "
+                         f"got {targets!r}")
+    given = (targets,) if isinstance(targets, str) else tuple(targets)
+    names = []
+    for t in given:
+        if not isinstance(t, str):
+            raise ValueError(f"targets: module names must be strings, got {t!r}")
+        names += list(TARGET_GROUPS[t]) if t in TARGET_GROUPS else [t]
     fused = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
     out = []
     for n in names:
@@ -59,13 +68,13 @@ def resolve_targets(model, targets) -> tuple[str, ...]:
         if n in available and n not in out:
             out.append(n)
     if not out:
-        raise ValueError(f"targets: none of {list(names)} is a projection of {spec.name}; "
+        raise ValueError(f"targets: none of {safe_text(list(given))} is a projection of {spec.name}; "
                          f"available: {', '.join(sorted(available))} or {', '.join(TARGET_GROUPS)}")
     return tuple(out)
 
 
 def adapter_matrices(model, rank: int, targets="all-linear") -> list[tuple[int, int, int]]:
-    """Adapter matrices as ``(rows, cols, count)``: ``A`` is ``r × in``, ``B`` is ``out × r``."""
+    """Adapter matrices as ``(rows, cols, count)`` (chapter 04): ``A`` is ``r × in``, ``B`` is ``out × r``."""
     spec = load_spec(model)
     rank = positive_int("rank", rank)
     chosen = set(resolve_targets(spec, targets))
@@ -77,36 +86,30 @@ def adapter_matrices(model, rank: int, targets="all-linear") -> list[tuple[int, 
 
 
 def lora_params(model, rank: int, targets="all-linear") -> int:
-    """Trainable adapter parameters: ``Σ r·(in + out)`` over the targeted projections."""
+    """Trainable adapter parameters (chapter 04): ``Σ r·(in + out)`` over the targeted projections."""
     return sum(r * c * n for r, c, n in adapter_matrices(model, rank, targets))
 
 
 def _frozen_layer(spec, sc: Scenario, moe: bool, chosen: set, rank: int, lora_dropout: float) -> dict:
-    """What one layer saves when its base is frozen and ``chosen`` projections carry adapters."""
-    saved = layer_saved(spec, sc, moe)
-    for k in [k for k in saved if k.endswith(".normalised")]:
-        del saved[k]
-    if not chosen & _READS_INPUT_NORM:
-        saved.pop("input_norm.output", None)
-    if not chosen & _READS_MLP_NORM:
-        saved.pop("post_attn_norm.output", None)
-        saved.pop("pre_mlp_norm.output", None)
-    if "o" not in chosen and attention_used(spec, sc.attention) == "eager":
-        saved.pop("attn.out", None)
-    if "down" not in chosen:
-        saved.pop("mlp.act_times_up", None)
-    if moe:
-        saved.pop("moe.tokens_gathered", None)    # frozen experts need no input for their weights
+    """What one layer saves when its base is frozen and ``chosen`` projections carry adapters:
+    the frozen layer's :class:`~memlib.activations.Saved` records, less those kept only for
+    frozen weights' gradients (:func:`~memlib.activations.without_frozen`), plus each
+    adapter's ``x·A`` and, with dropout, its dropped-out input and mask."""
+    saved = without_frozen(layer_tensors(spec, sc, moe), trained=chosen)
     T = sc.tokens
     for comp, name, i, o, n in named_linears(spec):
         in_this_layer = comp == "attention" or (comp == "mlp" and not moe) or (comp == "shared_experts" and moe)
         if name in chosen and in_this_layer:
-            saved[f"lora.{name}.xA"] = 2 * T * rank
+            block = "attention" if comp == "attention" else "mlp"
+            saved[f"lora.{name}.xA"] = Saved(f"lora.{name}.xA", 2 * T * rank, block, "attn" if block == "attention"
+                                             else "mlp", ("T", "r"))
             if lora_dropout > 0:     # the adapter reads a dropped-out copy of its input, and its mask
-                saved[f"lora.{name}.dropout"] = (2 + sc.mask_bytes()) * T * i
+                saved[f"lora.{name}.dropout"] = Saved(f"lora.{name}.dropout", (2 + sc.mask_bytes()) * T * i,
+                                                      block, "attn" if block == "attention" else "mlp", ("T", "in"))
     return saved
 
 
+@exact_sweeps("batch_size", "seq_len")
 def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear", base: str = "bf16",
                 double_quant: bool = False, adapter_dtype: str = "bf16", optimizer: str = "adamw",
                 recompute: str = "none", attention: str = "sdpa", lora_dropout: float = 0.0,
@@ -126,10 +129,11 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
     choice("base", base, BASES)
     choice("adapter_dtype", adapter_dtype, ADAPTER_DTYPES)
     choice("optimizer", optimizer, OPTIMIZERS)
-    if not 0 <= float(lora_dropout) < 1:
+    lora_dropout = fraction("lora_dropout", lora_dropout, 0.0, 1.0, inclusive_low=True)
+    if lora_dropout >= 1:
         raise ValueError(f"lora_dropout: must be in [0, 1), got {lora_dropout}")
     chosen = set(resolve_targets(spec, targets))
-    sc = Scenario(batch_size, seq_len, "bf16", attention)     # the frozen base computes in bf16
+    sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer)   # the frozen base computes in bf16
     p = 4 if adapter_dtype == "fp32" else 2
     mats = adapter_matrices(spec, rank, targets)
     trainable = sum(r * c * n for r, c, n in mats)
@@ -142,16 +146,43 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
     inputs = StepInputs(
         weights=base_weights + trainable * p,
         optimizer=tensor_state_bytes(mats, 0, optimizer, state_bytes=p),
-        grads_head=0, grads_per_layer=per_layer_adapters, grads_embedding=0, grads_tied=0,
-        autocast_cache=2 * trainable if adapter_dtype == "fp32" else 0, autocast_cache_head=0,
+        grads_head=0, grads_per_layer={m: per_layer_adapters for m in layers}, grads_embedding=0, grads_tied=0,
+        autocast_cache=2 * trainable if adapter_dtype == "fp32" else 0,
+        cache_per_layer={m: (2 * trainable if adapter_dtype == "fp32" else 0) // spec.num_layers for m in layers},
         step_extra=step_temporaries(optimizer, max(r * c for r, c, _ in mats), p),
         layers=layers, frozen_head=True,
         backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) + dequant for m in layers})
     marks, saved = step_timeline(spec, sc, inputs, recompute, positive_int("grad_accum", grad_accum))
-    meta = {"rank": rank, "targets": sorted(chosen), "base": base, "double_quant": double_quant,
+    meta = {"model": spec.name, "rank": rank, "targets": sorted(chosen), "base": base, "double_quant": double_quant,
             "adapter_dtype": adapter_dtype, "optimizer": optimizer, "recompute": recompute,
             "attention": attention_used(spec, attention), "trainable_params": trainable,
             "base_weights": base_weights, "activations_saved": saved,
             "batch_size": batch_size, "seq_len": seq_len}
     title = f"{spec.name} {'QLoRA' if base == 'nf4' else 'LoRA'} r={rank}, b={batch_size} s={seq_len}"
-    return summarize(marks, inputs, title, meta)
+    return summarize(marks, title, meta)
+
+
+def lora_fit(model, gpu="RTX 4090 24GB", batch_size: int = 1, seq_len: int = 2048, rank: int = 16,
+             targets="all-linear", base: str = "nf4", double_quant: bool = False,
+             recompute: str = "none", optimizer: str = "adamw", attention: str = "sdpa",
+             lora_dropout: float = 0.0) -> Breakdown:
+    """:func:`lora_memory` against one GPU's memory (chapter 04).
+
+    ``meta`` adds ``gpu``, ``gpu_memory`` (bytes the driver reports), ``fits``
+    (``peak <= gpu_memory``), ``margin`` (``gpu_memory - peak``, negative when short) and
+    ``model``.  The CUDA context and the allocator's slack come on top (chapter 07).
+    """
+    from dataclasses import replace
+
+    from .hardware import gpu_bytes
+    from .params import count_params
+    from .units import GB
+    mem = gpu_bytes(gpu)
+    spec = load_spec(model)
+    r = lora_memory(spec, batch_size, seq_len, rank=rank, targets=targets, base=base,
+                    double_quant=double_quant, optimizer=optimizer, recompute=recompute,
+                    attention=attention, lora_dropout=lora_dropout)
+    name = gpu if isinstance(gpu, str) else f"{mem / GB:.1f} GB"
+    return replace(r, meta={**r.meta, "model": spec.name, "gpu": name, "gpu_memory": mem,
+                            "fits": bool(r.total <= mem), "margin": int(mem - r.total),
+                            "params": count_params(spec).total})

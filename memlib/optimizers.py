@@ -32,7 +32,7 @@ _8BIT_BLOCK = 256
 
 def tensor_state_bytes(matrices, vector_params: int, optimizer: str = "adamw",
                        state_bytes: int = 4) -> int:
-    """Optimizer state of ``matrices`` (``(rows, cols, count)``) and ``vector_params``."""
+    """Optimizer state of ``matrices`` (``(rows, cols, count)``) and ``vector_params`` (chapter 04)."""
     choice("optimizer", optimizer, OPTIMIZERS)
     matrix_params = sum(r * c * n for r, c, n in matrices)
     if optimizer in _FULL_STATES:
@@ -44,7 +44,8 @@ def tensor_state_bytes(matrices, vector_params: int, optimizer: str = "adamw",
 
 
 def optimizer_state_bytes(model, optimizer: str = "adamw", state_bytes: int = 4) -> int:
-    """Bytes of optimizer state when every parameter of ``model`` trains."""
+    """Bytes of optimizer state when every parameter of ``model`` trains (chapter 04): the
+    per-optimizer formula of the module docstring, e.g. AdamW ``2 · state_bytes · params``."""
     return _model_state_bytes(load_spec(model), optimizer, state_bytes)
 
 

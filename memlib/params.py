@@ -54,7 +54,7 @@ def attention_params(spec: ModelSpec) -> int:
 
 
 def mlp_params(spec: ModelSpec, width: int) -> int:
-    """Parameters of one dense MLP of inner ``width``: ``3·H·I`` gated, ``2·H·I`` plain (+ biases)."""
+    """Parameters of one dense MLP of inner ``width`` (chapter 01): ``3·H·I`` gated, ``2·H·I`` plain (+ biases)."""
     H = spec.hidden_size
     n = (3 if spec.gated_mlp else 2) * H * width
     if spec.mlp_bias:
@@ -105,13 +105,27 @@ def _count_params(spec: ModelSpec):
     return tuple(comps.items()), tuple(meta.items()), f"{spec.name} parameters"
 
 
+def layer_params(model, moe: bool = False) -> int:
+    """Parameters of one decoder layer (chapter 01): attention + norms + its MLP, or for an
+    MoE layer the router, the routed experts and the shared experts."""
+    spec = load_spec(model)
+    n = attention_params(spec) + spec.norms_per_layer * _norm_params(spec, spec.hidden_size)
+    if not moe:
+        return n + mlp_params(spec, spec.intermediate_size)
+    n += spec.num_experts * spec.hidden_size + spec.num_experts * mlp_params(spec, spec.moe_intermediate_size)
+    if spec.shared_intermediate_size:
+        n += mlp_params(spec, spec.shared_intermediate_size)
+    return n
+
+
 def total_params(model) -> int:
-    """Unique parameters of ``model`` (tied weights once)."""
+    """Unique parameters of ``model`` (tied weights once), ``Σ components`` of :func:`count_params` (chapter 01)."""
     return sum(v for _, v in _count_params(load_spec(model))[0])
 
 
 def active_params(model) -> int:
-    """Parameters used per token: for MoE, only the top-k routed experts count."""
+    """Parameters used per token (chapter 01): ``total − n_moe_layers·(E − k)·expert`` (only
+    the top-k routed experts count)."""
     return count_params(model).meta["active"]
 
 
@@ -143,7 +157,7 @@ def _named_linears(spec: ModelSpec) -> tuple:
                 ("attention", "o", spec.num_heads * spec.v_head_dim, H, L)]
     else:
         q_out, kv_out = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-        if spec.model_type in FUSED_QKV:
+        if spec.fused_qkv:
             out += [("attention", "qkv", H, q_out + 2 * kv_out, L)]
         else:
             out += [("attention", "q", H, q_out, L), ("attention", "k", H, kv_out, L),
@@ -155,7 +169,7 @@ def _named_linears(spec: ModelSpec) -> tuple:
             return []
         if not spec.gated_mlp:
             return [(component, prefix + "up", H, width, count), (component, prefix + "down", width, H, count)]
-        if spec.model_type in FUSED_GATE_UP:
+        if spec.fused_gate_up:
             return [(component, prefix + "gate_up", H, 2 * width, count),
                     (component, prefix + "down", width, H, count)]
         return [(component, prefix + "gate", H, width, count), (component, prefix + "up", H, width, count),
@@ -179,14 +193,14 @@ def linear_layers(model) -> list[tuple[str, int, int, int]]:
 
 
 def layer_linear_params(model) -> int:
-    """Weight-matrix parameters of one (dense) decoder layer's projections."""
+    """Weight-matrix parameters of one (dense) decoder layer's projections, ``Σ in·out`` (chapter 01)."""
     spec = load_spec(model)
     return sum(i * o * n for comp, _, i, o, n in _named_linears(spec) if comp in ("attention", "mlp")) \
         // spec.num_layers
 
 
 def linear_bias_params(model) -> int:
-    """Parameters in the biases of the decoder's Linear layers (q/k/v/o and MLP biases)."""
+    """Parameters in the biases of the decoder's Linear layers (q/k/v/o and MLP biases), chapter 01."""
     spec = load_spec(model)
     if spec.is_mla:
         return 0
@@ -200,17 +214,12 @@ def linear_bias_params(model) -> int:
     return spec.num_layers * per_layer
 
 
-#: Families whose checkpoints store q, k and v as one matrix / gate and up as one.
-FUSED_QKV = {"gpt2", "falcon", "RefinedWeb", "RefinedWebModel", "phi3"}
-FUSED_GATE_UP = {"phi3"}
-
-
 def param_tensors(model) -> tuple[list[tuple[int, int, int]], int]:
     """All parameters as ``(matrices, vector_params)``: ``matrices`` lists ``(rows, cols,
     count)`` of every 2-D tensor (decoder matrices, embeddings, position table, lm_head,
     routers); ``vector_params`` is everything else (norms, biases, q/k norms).
 
-    Optimizers that treat matrices specially (Adafactor, 8-bit Adam) use this split.
+    Optimizers that treat matrices specially (Adafactor, 8-bit Adam) use this split (chapter 04).
     """
     spec = load_spec(model)
     mats = [(i, o, n) for _, i, o, n in linear_layers(spec)]

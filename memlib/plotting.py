@@ -36,11 +36,14 @@ def new_ax(figsize=(7, 4)):
     return plt.subplots(figsize=figsize)
 
 
-def stacked_bar(breakdowns, ax=None, unit: str = "GiB", labels=None, colors=None, legend=True):
-    """Draw one stacked bar per :class:`~memlib.breakdown.Breakdown`; returns ``ax``."""
+def stacked_bar(breakdowns, ax=None, unit: str = "GiB", labels=None, colors=None, legend=True,
+                positions=None, width: float = 0.6):
+    """Draw one stacked bar per :class:`~memlib.breakdown.Breakdown` at ``positions`` (default
+    0, 1, 2...), each ``width`` wide; returns ``ax``."""
     if ax is None:
         _, ax = new_ax()
     labels = labels or [b.title for b in breakdowns]
+    xs = list(positions) if positions is not None else list(range(len(breakdowns)))
     names: list[str] = []
     for b in breakdowns:
         names += [k for k in b.components if k not in names]
@@ -49,12 +52,11 @@ def stacked_bar(breakdowns, ax=None, unit: str = "GiB", labels=None, colors=None
         vals = [b.get(name, 0) / UNITS[unit] for b in breakdowns]
         if not any(vals):
             continue
-        ax.bar(range(len(breakdowns)), vals, bottom=bottoms, label=name,
-               color=(colors or {}).get(name, color_for(name)), width=0.6)
+        ax.bar(xs, vals, bottom=bottoms, label=name, color=(colors or {}).get(name, color_for(name)), width=width)
         bottoms = [a + v for a, v in zip(bottoms, vals)]
-    for i, top in enumerate(bottoms):
-        ax.text(i, top, f"{top:,.1f}", ha="center", va="bottom", fontsize=9)
-    ax.set_xticks(range(len(breakdowns)))
+    for x, top in zip(xs, bottoms):
+        ax.text(x, top, f"{top:,.1f}", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(xs)
     ax.set_xticklabels(labels, rotation=0 if len(breakdowns) < 5 else 30,
                        ha="center" if len(breakdowns) < 5 else "right")
     ax.set_ylabel(unit)

@@ -12,16 +12,21 @@ A training step goes through three phases, and memory peaks in one of them:
   without ``foreach`` computes ``sqrt(v) / c`` one tensor at a time: two temporaries the
   size of the largest parameter).
 
-:func:`train_memory` evaluates the live bytes at every boundary of that timeline and
-reports the peak, the phase it falls in, and what is live then.  Precision recipes:
+:func:`train_memory` evaluates the live bytes at every boundary of that timeline (a list
+of :class:`Mark` records) and reports the peak, the phase it falls in, and what is live
+then.  Precision recipes:
 
-* ``bf16``:  params, gradients and optimizer state in bf16: ``2 + 2 + 2·2 = 8`` bytes/param (AdamW);
+* ``bf16`` (the default: every tensor bf16, the recipe with the smallest footprint, though
+  a lossy one: updates smaller than bf16's resolution are lost):
+  ``2 + 2 + 2·2 = 8`` bytes/param with AdamW;
 * ``mixed``: fp32 params, gradients and AdamW state: ``4 + 4 + 8 = 16`` bytes/param (the
   ZeRO paper's figure), plus autocast's cache of bf16 copies of every matmul weight,
   ``2`` bytes/param, alive from its first use in the forward to the end of the backward.
 
-The timeline itself (:func:`step_timeline`) is shared with LoRA (:mod:`memlib.lora`),
-which changes what is trainable but not how a step unfolds.
+The timeline (:func:`step_timeline`) takes a :class:`Stage`, a range of layers with or
+without the embedding and the head, so a pipeline stage is expressed with it (chapter 05);
+it is shared with LoRA (:mod:`memlib.lora`), which changes what is trainable but not how
+a step unfolds.
 """
 from __future__ import annotations
 
@@ -30,23 +35,23 @@ from functools import lru_cache
 
 import numpy as np
 
-from .activations import (RECOMPUTE, Scenario, attention_used, causal_mask_bytes, layer_saved,
-                          model_saved)
+from .activations import (causal_mask_bytes, is_quadratic, layer_tensors, model_tensors, total_bytes,
+                          without_frozen)
 from .breakdown import Breakdown
-from .kv_cache import check_seq_len
-from .optimizers import OPTIMIZERS, optimizer_state_bytes
-from .params import count_params, linear_bias_params, linear_layers, total_params
+from .optimizers import optimizer_state_bytes
+from .params import count_params, layer_params, linear_bias_params, linear_layers
+from .scenario import PHASES, Scenario, attention_used, check_seq_len
 from .spec import ModelSpec, load_spec
-from .validation import choice, positive_int
+from .validation import choice, exact_sweeps, positive_int
 
-PHASES = ("forward", "backward", "step")
-#: What each layer keeps under selective recompute: everything but attention's S×S tensors.
-QUADRATIC = ("attn.softmax", "attn.probs_bf16", "attn.dropout_mask", "attn.dropout_out",
-             "attn.softcap_tanh", "attn.sliding_mask")
+#: The components of a training step, bottom to top, and their kinds.
+COMPONENTS = ("weights", "optimizer", "gradients", "autocast_cache", "activations", "transient")
+KINDS = {"weights": "model_state", "optimizer": "model_state", "gradients": "model_state",
+         "autocast_cache": "transient", "activations": "activation", "transient": "transient"}
 
 
 def largest_param_tensor(spec: ModelSpec) -> int:
-    """Elements of the largest parameter tensor as transformers lays it out.
+    """Elements of the largest parameter tensor as transformers lays it out (chapter 04).
 
     The token embedding (``V × H``), or for MoE models the fused expert tensor
     (``E × 2·I × H``: transformers keeps every expert's gate and up projections in one
@@ -60,14 +65,15 @@ def largest_param_tensor(spec: ModelSpec) -> int:
 
 @lru_cache(maxsize=256)
 def matmul_weight_params(spec: ModelSpec) -> int:
-    """Parameters autocast casts to bf16 and caches: every Linear's weight and bias, lm_head
-    and the MoE routers (DeepSeek's router too: it upcasts to fp32, autocast casts back).
+    """Parameters autocast casts to bf16 and caches (chapter 04): every Linear's weight and
+    bias, lm_head and the MoE routers (DeepSeek's router too: it upcasts to fp32, autocast
+    casts back).
 
-    Falcon's projections compute ``x @ W.T``; autocast does not cache a cast of the view
-    ``W.T`` (the copies are saved per layer instead, see :mod:`memlib.activations`), so
-    only its lm_head is cached.
+    Where a family's linears compute ``x @ W.T`` (Falcon), autocast does not cache a cast
+    of the view ``W.T`` (the copies are saved per layer instead, see
+    :mod:`memlib.activations`), so only lm_head is cached.
     """
-    if spec.model_type in ("falcon", "RefinedWeb", "RefinedWebModel"):
+    if not spec.autocast_caches_weights:
         return spec.vocab_size * spec.embed_dim
     n = sum(i * o * c for _, i, o, c in linear_layers(spec)) + spec.vocab_size * spec.embed_dim
     n += linear_bias_params(spec)
@@ -77,7 +83,9 @@ def matmul_weight_params(spec: ModelSpec) -> int:
 
 
 def step_temporaries(optimizer: str, largest_tensor: int, state_bytes: int) -> int:
-    """Peak extra bytes inside ``optimizer.step()`` with ``foreach=False`` (one tensor at a time)."""
+    """Peak extra bytes inside ``optimizer.step()`` with ``foreach=False`` (one tensor at a
+    time, chapter 04): AdamW ``2 × largest × state_bytes`` (``sqrt(v)``, then ``sqrt(v)/c``),
+    Adafactor one, SGD and Lion none (they update in place)."""
     if optimizer in ("adamw", "adamw_8bit"):
         return 2 * largest_tensor * state_bytes      # sqrt(v), then sqrt(v) / c
     if optimizer == "adafactor":
@@ -85,46 +93,79 @@ def step_temporaries(optimizer: str, largest_tensor: int, state_bytes: int) -> i
     return 0                                         # SGD and Lion update in place
 
 
-@lru_cache(maxsize=256)
-def _grads_by_stage(spec: ModelSpec, param_bytes: int):
-    """Gradient bytes that appear at each stage of a full fine-tune's backward.
+@dataclass(frozen=True)
+class Stage:
+    """Which part of the model a timeline covers: layers ``[first, last)`` and whether the
+    stage holds the embedding (first pipeline stage) and the head with the loss (last).
+    The whole model is ``Stage(0, num_layers, True, True)`` (chapter 05)."""
 
-    ``(head, per_layer, embedding, tied)``: lm_head and the final norm first (with tied
-    embeddings the shared matrix's gradient is created here), then each layer, then the
-    embedding; ``tied`` is the shared matrix's gradient, which the embedding adds to.
+    first: int
+    last: int
+    has_embedding: bool = True
+    has_head: bool = True
+
+    @classmethod
+    def whole(cls, spec: ModelSpec) -> "Stage":
+        return cls(0, spec.num_layers, True, True)
+
+    def check(self, spec: ModelSpec) -> "Stage":
+        if not 0 <= self.first < self.last <= spec.num_layers:
+            raise ValueError(f"stage: layers [{self.first}, {self.last}) are not a range of "
+                             f"{spec.name}'s {spec.num_layers} layers")
+        return self
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The live bytes at one moment of a training step (chapter 04).
+
+    ``phase`` (forward, backward, step) and ``label`` name the moment; ``layer`` and
+    ``part`` (``"mlp"``/``"attention"``) locate it inside a layer where it is one.
     """
-    c = count_params(spec).components
-    norm = spec.hidden_size * (2 if spec.norm == "layer" else 1) if spec.final_norm else 0
-    tied_matrix = spec.vocab_size * spec.embed_dim if spec.tie_word_embeddings else 0
-    head = (c.get("lm_head", 0) + norm + tied_matrix) * param_bytes
-    embedding = (c.get("embeddings", 0) - tied_matrix) * param_bytes
-    layers_total = count_params(spec).total * param_bytes - head - embedding
-    return head, layers_total // spec.num_layers, embedding, tied_matrix * param_bytes
+
+    phase: str
+    label: str
+    weights: object
+    optimizer: object
+    gradients: object
+    autocast_cache: object
+    activations: object
+    transient: object
+    layer: int | None = None
+    part: str | None = None
+
+    @property
+    def components(self) -> dict:
+        return {k: getattr(self, k) for k in COMPONENTS}
+
+    @property
+    def total(self):
+        return (self.weights + self.optimizer + self.gradients + self.autocast_cache + self.activations
+                + self.transient)
 
 
 @dataclass
 class StepInputs:
-    """Everything :func:`step_timeline` needs, in bytes (arrays allowed for activations)."""
+    """Everything :func:`step_timeline` needs, in bytes (arrays allowed for activations).
+
+    ``grads_per_layer`` and ``cache_per_layer`` map a layer kind (MoE or not) to the bytes
+    one such layer adds; ``layers`` maps it to the :class:`~memlib.activations.Saved`
+    records one such layer keeps.
+    """
 
     weights: int
     optimizer: int
     grads_head: int
-    grads_per_layer: int
+    grads_per_layer: dict
     grads_embedding: int
     grads_tied: int
-    autocast_cache: int
-    autocast_cache_head: int
+    autocast_cache: int           # the stage's whole cache (alive from the loss to the backward's end)
+    cache_per_layer: dict         # what each layer adds to it in the forward
     step_extra: int
-    layers: dict          # moe flag -> {tensor: bytes} saved by such a layer
+    layers: dict
     backward_mlp_extra: dict
     frozen_head: bool = False   # LoRA: the final norm and lm_head do not train
-
-
-def _total(d: dict):
-    out = 0
-    for v in d.values():
-        out = out + v
-    return out
+    stage: Stage | None = None
 
 
 def _max(values):
@@ -134,201 +175,313 @@ def _max(values):
     return out
 
 
-def _backward_attention_extra(spec: ModelSpec, sc: Scenario, saved: dict):
+def _backward_attention_extra(tensors: dict):
     """Extra bytes during one layer's attention backward, relative to "all saved alive".
 
-    The MLP's tensors are already freed; eager attention's softmax backward holds the
+    The MLP half's tensors are already freed; eager attention's softmax backward holds the
     gradients of the probabilities and of the scores, in the softmax's dtype (fp32 for the
     Llama family: ``2 × 4·B·heads·S²``), after the bf16 probabilities are freed.
     """
-    mlp_saved = sum(v for k, v in saved.items()
-                    if k.startswith(("mlp.", "moe.", "post_attn_norm", "pre_mlp_norm", "post_mlp_norm",
-                                     "ln_2", "ln_mlp")))
-    extra = -mlp_saved
-    if "attn.softmax" in saved:      # the gradients of the probabilities and of the scores
-        extra = extra + 2 * saved["attn.softmax"] - saved.get("attn.probs_bf16", 0)
+    extra = -total_bytes([t for t in tensors.values() if t.half == "mlp"])
+    if "attn.softmax" in tensors:      # the gradients of the probabilities and of the scores
+        probs = tensors["attn.probs_bf16"].nbytes if "attn.probs_bf16" in tensors else 0
+        extra = extra + 2 * tensors["attn.softmax"].nbytes - probs
     return extra
 
 
 def checkpointed_inputs(spec: ModelSpec, sc: Scenario, recompute: str):
     """Model-level tensors that full recompute keeps as checkpoint inputs of every layer,
-    beyond the hidden states: the explicit causal mask (if any) and the position ids."""
+    beyond the hidden states: the explicit causal mask (if any) and the position ids (chapter 03)."""
     return causal_mask_bytes(spec, sc) + 8 * sc.seq_len if recompute == "full" else 0
 
 
+def kept_per_layer(sc: Scenario, spec: ModelSpec, tensors: dict, recompute: str):
+    """Bytes one layer keeps until its backward under ``recompute`` (chapter 03): everything
+    (``none``), everything but the ``S × S`` tensors (``selective``), or its input (``full``)."""
+    if recompute == "full":
+        return sc.residual_bytes * sc.tokens * spec.hidden_size
+    if recompute == "selective":
+        return total_bytes([t for t in tensors.values() if not is_quadratic(t)])
+    return total_bytes(tensors)
+
+
 @lru_cache(maxsize=256)
-def _runs(flags: tuple) -> list[tuple[bool, int, int]]:
-    """Contiguous runs of identical layers: ``[(moe, first, last + 1), ...]``."""
-    runs, first = [], 0
+def _runs(flags: tuple, first: int = 0) -> list[tuple[bool, int, int]]:
+    """Contiguous runs of identical layers: ``[(moe, first, last + 1), ...]`` (layer numbers
+    start at ``first``)."""
+    runs, start = [], 0
     for i in range(1, len(flags) + 1):
-        if i == len(flags) or flags[i] != flags[first]:
-            runs.append((flags[first], first, i))
-            first = i
+        if i == len(flags) or flags[i] != flags[start]:
+            runs.append((flags[start], first + start, first + i))
+            start = i
     return runs
 
 
 def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str = "none",
                   grad_accum: int = 1):
-    """Live bytes at every boundary of one training step.
+    """Live bytes at every boundary of one training step (chapter 04).
 
-    Returns ``(marks, saved_at_end)``; each mark is ``(phase, label, gradients,
-    autocast_cache, activations, transient)`` in bytes, on top of the resident weights and
-    optimizer state.  Inside a run of identical layers the live bytes change by the same
-    amount at every layer, so the largest value is at one end of the run: only the ends
-    are marked (this keeps an estimate, or a sweep over a million points, fast).
+    Returns ``(marks, saved_at_end)``: a list of :class:`Mark` records and the activation
+    bytes alive at the end of the forward.  Inside a run of identical layers the live
+    bytes change by the same amount at every layer, so the largest value is at one end of
+    the run: only the ends are marked (this keeps an estimate, or a sweep over a million
+    points, fast).  ``x.stage`` limits the timeline to a range of layers: without the head,
+    the backward starts from the gradient the next stage sends; without the embedding it
+    ends at the first layer.
     """
+    st = (x.stage or Stage.whole(spec)).check(spec)
     T, H, V = sc.tokens, spec.hidden_size, spec.vocab_size
-    full = {m: _total(d) for m, d in x.layers.items()}
-    if recompute == "full":
-        kept = {m: sc.residual_bytes * T * H for m in x.layers}           # the layer's input only
-    elif recompute == "selective":
-        kept = {m: _total({k: v for k, v in d.items() if k not in QUADRATIC}) for m, d in x.layers.items()}
-    else:
-        kept = full
-    attn_extra = {m: _backward_attention_extra(spec, sc, d) for m, d in x.layers.items()}
-    model_level = model_saved(spec, sc)
+    full = {m: total_bytes(d) for m, d in x.layers.items()}
+    kept = {m: kept_per_layer(sc, spec, d, recompute) for m, d in x.layers.items()}
+    attn_extra = {m: _backward_attention_extra(d) for m, d in x.layers.items()}
+    model_level = model_tensors(spec, sc)
     if x.frozen_head:       # nothing needs the final norm's normalised tensor or its output
-        model_level.pop("final_norm.normalised", None)
-        model_level.pop("final_norm.output", None)
-    pre = model_level.pop("rope.cos_sin")
+        model_level = without_frozen(model_level, trained=set())
+    pre = model_level.pop("rope.cos_sin").nbytes
     mask = causal_mask_bytes(spec, sc)          # alive through the forward ...
     kept_mask = checkpointed_inputs(spec, sc, recompute)   # ... and kept when layers are checkpointed
-    log_softmax = model_level.pop("loss.log_softmax_fp32")
-    head_saved = _total(model_level)            # final norm, labels (and Gemma's logit soft-cap)
+    log_softmax = model_level.pop("loss.log_softmax_fp32").nbytes
+    head_saved = total_bytes(model_level) if st.has_head else 0   # final norm, labels (Gemma: soft-cap)
+    if not st.has_head:
+        log_softmax = 0
     logits_fp32 = 4 * T * V
     dh = sc.residual_bytes * T * H              # the gradient flowing between layers
-    layer_cache = (x.autocast_cache - x.autocast_cache_head) // spec.num_layers
+    flags = spec.moe_layers[st.first:st.last]
+    runs = _runs(tuple(flags), st.first)
     gl = x.grads_per_layer
-    accum = x.grads_head + spec.num_layers * gl + x.grads_embedding if grad_accum > 1 else 0
+    layer_grads = sum(gl[m] for m in flags)
+    head_grads = x.grads_head if st.has_head else 0
+    emb_grads = x.grads_embedding if st.has_embedding else 0
+    accum = head_grads + layer_grads + emb_grads if grad_accum > 1 else 0
     new = 0 if grad_accum > 1 else 1            # accumulating: gradients are added in place
-    runs = _runs(spec.moe_layers)
+    resident = dict(weights=x.weights, optimizer=x.optimizer)
     marks = []
+
+    def mark(phase, label, g, c, a, t, layer=None, part=None):
+        marks.append(Mark(phase, label, gradients=g, autocast_cache=c, activations=a, transient=t,
+                          layer=layer, part=part, **resident))
+
     # -- forward: each layer's tensors exist while it runs; it keeps `kept`
     acts, cache = pre + kept_mask, 0
     for m, a, b in runs:
         n = b - a
-        marks.append(("forward", f"layer {b - 1}", accum, cache + n * layer_cache,
-                      acts + (n - 1) * kept[m], full[m] + mask - kept_mask))
+        cl = x.cache_per_layer[m]
+        mark("forward", f"layer {b - 1}", accum, cache + n * cl, acts + (n - 1) * kept[m],
+             full[m] + mask - kept_mask, layer=b - 1)
         acts = acts + n * kept[m]
-        cache += n * layer_cache
+        cache += n * cl
     cache = x.autocast_cache
-    acts = acts + head_saved
-    marks.append(("forward", "loss", accum, cache, acts, 2 * T * V + logits_fp32 + log_softmax))
-    acts = acts + log_softmax
-    marks.append(("forward", "end", accum, cache, acts, 0))
+    if st.has_head:
+        acts = acts + head_saved
+        mark("forward", "loss", accum, cache, acts, 2 * T * V + logits_fp32 + log_softmax)
+        acts = acts + log_softmax
+    mark("forward", "end", accum, cache, acts, 0)
     saved_at_end = acts
     # -- backward: the loss's fp32 gradient buffers, then layer by layer from the last
-    marks.append(("backward", "loss", accum, cache, acts, 2 * logits_fp32))
-    acts = acts - log_softmax - head_saved
-    grads = accum + x.grads_head * new
-    marks.append(("backward", "lm_head", grads, cache, acts, dh))
+    if st.has_head:
+        mark("backward", "loss", accum, cache, acts, 2 * logits_fp32)
+        acts = acts - log_softmax - head_saved
+        grads = accum + head_grads * new
+        mark("backward", "lm_head", grads, cache, acts, dh)
+    else:
+        grads = accum
+        mark("backward", "incoming gradient", grads, cache, acts, dh)
     for m, a, b in reversed(runs):
         back = full[m] - kept[m]                    # with recompute, the layer's tensors come back
         mlp_t = dh + back + x.backward_mlp_extra[m]
         attn_t = dh + (max(back + attn_extra[m], 0) if np.ndim(back) == 0 else np.maximum(back + attn_extra[m], 0))
         for i in sorted({b - 1, a}, reverse=True):  # the two ends of the run
             k = b - 1 - i
-            g, ac = grads + k * gl * new, acts - k * kept[m]
-            marks.append(("backward", f"layer {i} mlp", g, cache, ac, mlp_t))
-            marks.append(("backward", f"layer {i} attention", g, cache, ac, attn_t))
+            g, ac = grads + k * gl[m] * new, acts - k * kept[m]
+            mark("backward", f"layer {i} mlp", g, cache, ac, mlp_t, layer=i, part="mlp")
+            mark("backward", f"layer {i} attention", g, cache, ac, attn_t, layer=i, part="attention")
         acts = acts - (b - a) * kept[m]
-        grads = grads + (b - a) * gl * new
+        grads = grads + (b - a) * gl[m] * new
     acts = acts - kept_mask                      # the last checkpoint is done with them
-    # the embedding's gradient is computed while its output's gradient is alive; a tied
-    # matrix already has a gradient (from lm_head) and the two are summed out of place
-    marks.append(("backward", "embedding", grads, cache, acts,
-                  dh + x.grads_embedding * new + 2 * x.grads_tied * new))
-    grads = grads + x.grads_embedding * new
+    if st.has_embedding:
+        # the embedding's gradient is computed while its output's gradient is alive; a tied
+        # matrix already has a gradient (from lm_head) and the two are summed out of place
+        tied = x.grads_tied if st.has_head else 0
+        mark("backward", "embedding", grads, cache, acts, dh + emb_grads * new + 2 * tied * new)
+        grads = grads + emb_grads * new
     # -- step
-    marks.append(("step", "optimizer", grads, 0, 0, x.step_extra))
+    mark("step", "optimizer", grads, 0, 0, x.step_extra)
     return marks, saved_at_end
 
 
-CATEGORIES = ("gradients", "autocast_cache", "activations", "transient")
+def summarize(marks, title: str, meta: dict) -> Breakdown:
+    """The peak of a timeline as a Breakdown (chapter 04): components live at the peak, the
+    peak of each phase with what is live then, the peak phase and the moment (``peak_at``).
 
-
-def summarize(marks, x: StepInputs, title: str, meta: dict) -> Breakdown:
-    """The peak of a timeline as a Breakdown: components live at the peak, phases, peak phase."""
-    resident = x.weights + x.optimizer
-    totals = [(ph, label, resident + g + c + a + t) for ph, label, g, c, a, t in marks]
-    meta = dict(meta, timeline=totals)
+    ``meta["marks"]`` keeps the :class:`Mark` records; ``meta["timeline"]`` the
+    ``(phase, label, live bytes)`` of each.
+    """
+    totals = [(mk.phase, mk.label, mk.total) for mk in marks]
+    meta = dict(meta, timeline=totals, marks=marks)
     if np.ndim(meta["batch_size"]) == 0 and np.ndim(meta["seq_len"]) == 0:
-        phases = {ph: max(v for q, _, v in totals if q == ph) for ph in PHASES}
+        best_of = {ph: max((i for i, mk in enumerate(marks) if mk.phase == ph), key=lambda i: totals[i][2])
+                   for ph in PHASES if any(mk.phase == ph for mk in marks)}
         best = max(range(len(totals)), key=lambda i: totals[i][2])
-        peak_phase, label, *values = marks[best]
-        comps = {"weights": x.weights, "optimizer": x.optimizer,
-                 **{k: int(v) for k, v in zip(CATEGORIES, values) if v}}
-        meta.update(peak_phase=peak_phase, peak_at=label)
-        return Breakdown(comps, title=title, phases={k: int(v) for k, v in phases.items()},
-                         peak_phase=peak_phase, meta=meta)
+        peak = marks[best]
+
+        def comps(mk):
+            return {k: int(v) for k, v in mk.components.items() if v or k in ("weights", "optimizer")}
+        components = comps(peak)
+        return Breakdown(components, title=title, kinds={k: KINDS[k] for k in components},
+                         phases={ph: int(totals[i][2]) for ph, i in best_of.items()},
+                         phase_components={ph: comps(marks[i]) for ph, i in best_of.items()},
+                         peak_phase=peak.phase, peak_at=peak.label, meta=meta)
     # vectorised: the peak and its phase per grid point
     phases = {ph: _max([v for q, _, v in totals if q == ph]) for ph in PHASES}
     shape = np.broadcast(*phases.values()).shape
     stacked = np.stack([np.broadcast_to(phases[ph], shape) for ph in PHASES])
     meta["peak_phase"] = np.array(PHASES)[np.argmax(stacked, axis=0)]
-    return Breakdown({"peak": np.max(stacked, axis=0)}, title=title, phases=phases, meta=meta)
+    return Breakdown({"peak": np.max(stacked, axis=0)}, title=title, kinds="transient", phases=phases,
+                     meta=meta)
+
+
+@lru_cache(maxsize=256)
+def _grads_by_part(spec: ModelSpec, param_bytes: int):
+    """Gradient bytes that appear at each part of a full fine-tune's backward.
+
+    ``(head, per_layer, embedding, tied)``: lm_head and the final norm first (with tied
+    embeddings the shared matrix's gradient is created here), then each layer
+    (``{moe: bytes}``), then the embedding; ``tied`` is the shared matrix's gradient,
+    which the embedding adds to.
+    """
+    c = count_params(spec).components
+    norm = spec.hidden_size * (2 if spec.norm == "layer" else 1) if spec.final_norm else 0
+    tied_matrix = spec.vocab_size * spec.embed_dim if spec.tie_word_embeddings else 0
+    head = (c.get("lm_head", 0) + norm + tied_matrix) * param_bytes
+    embedding = (c.get("embeddings", 0) - tied_matrix) * param_bytes
+    per_layer = {m: layer_params(spec, m) * param_bytes for m in set(spec.moe_layers)}
+    return head, per_layer, embedding, tied_matrix * param_bytes
+
+
+def _stage_params(spec: ModelSpec, st: Stage) -> int:
+    """Parameters a stage holds: its layers, plus the embedding and/or head and final norm."""
+    c = count_params(spec).components
+    norm = spec.hidden_size * (2 if spec.norm == "layer" else 1) if spec.final_norm else 0
+    n = sum(layer_params(spec, m) for m in spec.moe_layers[st.first:st.last])
+    if st.has_embedding:
+        n += c.get("embeddings", 0)
+    if st.has_head:
+        n += c.get("lm_head", 0) + norm
+        if spec.tie_word_embeddings and not st.has_embedding:
+            n += spec.vocab_size * spec.embed_dim      # the last stage keeps its own copy
+    return n
 
 
 def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
                  recompute: str = "none", attention: str = "sdpa", grad_accum: int = 1,
-                 device: str = "cuda") -> tuple[ModelSpec, Scenario, StepInputs]:
-    """Validate the knobs of a full fine-tuning step and build its :class:`StepInputs`.
+                 stage: Stage | None = None, _bench_cpu: bool = False) -> tuple[ModelSpec, Scenario, StepInputs]:
+    """Validate the knobs of a full fine-tuning step and build its :class:`StepInputs` (chapter 04).
 
     Returns ``(spec, scenario, inputs)`` for :func:`step_timeline`; :func:`train_memory`
-    and the training explorer both start here.
+    starts here.  ``stage`` restricts the step to part of the model (chapter 05).
     """
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
     batch_size = positive_int("batch_size", batch_size)
     positive_int("grad_accum", grad_accum)
-    choice("optimizer", optimizer, OPTIMIZERS)
-    choice("recompute", recompute, RECOMPUTE)
-    sc = Scenario(batch_size, seq_len, precision, attention, device)
+    sc = Scenario(batch_size, seq_len, precision, attention, recompute, optimizer, _bench_cpu=_bench_cpu)
+    st = (stage or Stage.whole(spec)).check(spec)
+    whole = st == Stage.whole(spec)
     p = 4 if sc.mixed else 2
-    head, per_layer, emb, tied = _grads_by_stage(spec, p)
-    layers = {m: layer_saved(spec, sc, moe=m) for m in set(spec.moe_layers)}
+    head, per_layer, emb, tied = _grads_by_part(spec, p)
+    layers = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
+    cache = 2 * matmul_weight_params(spec) if sc.mixed else 0
+    head_cache = 2 * spec.vocab_size * spec.embed_dim if sc.mixed else 0
+    layer_cache = {m: (cache - head_cache) // spec.num_layers for m in layers}
+    if not whole:
+        cache = (head_cache if st.has_head else 0) + sum(layer_cache[m] for m in spec.moe_layers[st.first:st.last])
+    if whole:
+        weights = count_params(spec).total * p
+        opt = optimizer_state_bytes(spec, optimizer, state_bytes=p)
+    else:
+        n = _stage_params(spec, st)
+        weights = n * p
+        opt = optimizer_state_bytes(spec, optimizer, state_bytes=p) * n // count_params(spec).total
     inputs = StepInputs(
-        weights=total_params(spec) * p,
-        optimizer=optimizer_state_bytes(spec, optimizer, state_bytes=p),
+        weights=weights, optimizer=opt,
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
-        autocast_cache=2 * matmul_weight_params(spec) if sc.mixed else 0,
-        autocast_cache_head=2 * spec.vocab_size * spec.embed_dim if sc.mixed else 0,
+        autocast_cache=cache, cache_per_layer=layer_cache,
         step_extra=step_temporaries(optimizer, largest_param_tensor(spec), p),
-        layers=layers,
-        backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers})
+        layers=layers, backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers},
+        stage=None if whole else st)
     return spec, sc, inputs
 
 
+@exact_sweeps("batch_size", "seq_len")
 def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
                  recompute: str = "none", attention: str = "sdpa", grad_accum: int = 1,
-                 device: str = "cuda") -> Breakdown:
+                 runtime: str = "transformers", *, stage: Stage | None = None,
+                 _bench_cpu: bool = False) -> Breakdown:
     """Peak memory of one full fine-tuning step and the phase where it happens (chapter 04).
 
-    Components are what is live at the peak: ``weights``, ``optimizer``, ``gradients``,
-    ``autocast_cache``, ``activations`` (saved by autograd) and ``transient`` (the loss's
-    buffers, gradients of activations, optimizer temporaries).  ``phases`` holds the
-    peak of each phase, ``peak_phase`` the one that wins, ``meta["timeline"]`` the
-    ``(phase, label, live bytes)`` at every boundary.  ``grad_accum > 1`` keeps gradients
-    alive through the forward of the later micro-batches.  ``batch_size`` and ``seq_len``
-    may be numpy arrays: the result then has one ``peak`` component (an array) and
-    ``meta["peak_phase"]`` is an array of phase names.  ``device="cpu"`` models the
-    CPU's dropout masks (activation dtype instead of bool), to compare with the bench.
+    ``peak = max over the step's marks of weights + optimizer + gradients + autocast_cache
+    + activations + transient``.  Components are what is live at the peak: ``weights``,
+    ``optimizer``, ``gradients``, ``autocast_cache``, ``activations`` (saved by autograd)
+    and ``transient`` (the loss's buffers, gradients of activations, optimizer
+    temporaries).  ``phases`` holds the peak of each phase, ``peak_phase`` the one that
+    wins, ``peak_at`` the moment, ``meta["marks"]`` the :class:`Mark` at every boundary.
+
+    ``precision`` defaults to ``"bf16"`` (everything bf16: the smallest recipe, and a lossy
+    one); ``"mixed"`` is fp32 master weights with autocast.  ``grad_accum > 1`` keeps
+    gradients alive through the forward of the later micro-batches.  ``runtime`` is
+    ``"transformers"`` (the only one modelled for training).  ``batch_size`` and
+    ``seq_len`` may be numpy arrays: the result then has one ``peak`` component (an
+    array) and ``meta["peak_phase"]`` is an array of phase names.
     """
+    choice("runtime", runtime, ("transformers",))
     spec, sc, inputs = prepare_step(model, batch_size, seq_len, precision, optimizer, recompute,
-                                    attention, grad_accum, device)
+                                    attention, grad_accum, stage, _bench_cpu)
     batch_size, seq_len = sc.batch_size, sc.seq_len
     marks, saved = step_timeline(spec, sc, inputs, recompute, grad_accum)
-    meta = {"precision": precision, "optimizer": optimizer, "recompute": recompute,
-            "attention": attention_used(spec, attention), "grad_accum": grad_accum, "device": device,
+    meta = {"model": spec.name, "precision": precision, "optimizer": optimizer, "recompute": recompute,
+            "attention": attention_used(spec, attention), "grad_accum": grad_accum, "runtime": runtime,
             "batch_size": batch_size, "seq_len": seq_len, "activations_saved": saved,
-            "autocast_cache": inputs.autocast_cache, "optimizer_state": inputs.optimizer}
+            "autocast_cache": inputs.autocast_cache, "optimizer_state": inputs.optimizer,
+            "params": count_params(spec).total}
     title = (f"{spec.name} train step, b={batch_size} s={seq_len} {precision} {optimizer} "
              f"recompute={recompute}")
-    return summarize(marks, inputs, title, meta)
+    return summarize(marks, title, meta)
 
 
 def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):
-    """Extra bytes in an MLP's backward: the gradients of its two inputs (gate and up) together."""
+    """Extra bytes in an MLP's backward: the gradients of its two inputs (gate and up) together (chapter 04)."""
     if moe:
         return 2 * 2 * sc.tokens * spec.experts_per_token * spec.moe_intermediate_size
     return 2 * 2 * sc.tokens * spec.intermediate_size
+
+
+def state_bytes(model, precision: str = "mixed", optimizer: str = "adamw") -> Breakdown:
+    """Model states of a full fine-tune (chapter 04): ``weights``, ``gradients``, ``optimizer``
+    state and, under ``mixed``, the ``autocast_cache`` (bf16 copies of every matmul weight).
+
+    ``bf16``: ``2 + 2 + state(2)``; ``mixed``: ``4 + 4 + state(4)`` bytes per parameter,
+    plus ``2`` per matmul weight for the cache.  ``meta["params"]`` is the parameter
+    count, so ``b[k] / b.meta["params"]`` is bytes per parameter.
+    """
+    from .scenario import PRECISIONS
+    choice("precision", precision, PRECISIONS)
+    spec = load_spec(model)
+    P = count_params(spec).total
+    p = 4 if precision == "mixed" else 2
+    comps = {"weights": P * p, "gradients": P * p,
+             "optimizer": optimizer_state_bytes(spec, optimizer, state_bytes=p)}
+    if precision == "mixed":
+        comps["autocast_cache"] = 2 * matmul_weight_params(spec)
+    return Breakdown(comps, title=f"{spec.name}: {precision} {OPTIMIZER_LABELS.get(optimizer, optimizer)}",
+                     kinds={k: KINDS[k] for k in comps},
+                     meta={"params": P, "precision": precision, "optimizer": optimizer})
+
+
+#: Optimizer names as the chapters print them.
+OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD", "sgd_momentum": "SGD + momentum",
+                    "adafactor": "Adafactor (factored)", "adamw_8bit": "8-bit AdamW (bnb)", "lion": "Lion"}
+
+
+__all__ = ["train_memory", "state_bytes", "step_timeline", "prepare_step", "summarize", "Mark", "Stage",
+           "StepInputs", "matmul_weight_params", "largest_param_tensor", "step_temporaries",
+           "checkpointed_inputs", "kept_per_layer", "mlp_backward_extra", "COMPONENTS", "PHASES"]

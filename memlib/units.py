@@ -27,7 +27,7 @@ _ALIASES = {
 
 
 def canonical_dtype(dtype: str, field: str = "dtype", allowed=None) -> str:
-    """Return the canonical name of ``dtype`` ('bfloat16' -> 'bf16').
+    """Return the canonical name of ``dtype`` ('bfloat16' -> 'bf16'; chapter 01).
 
     Raises ``ValueError`` naming ``field`` and the allowed values for anything else.
     """
@@ -39,12 +39,12 @@ def canonical_dtype(dtype: str, field: str = "dtype", allowed=None) -> str:
 
 
 def dtype_bytes(dtype: str, field: str = "dtype") -> float:
-    """Bytes per element of a plain dtype (0.5 for int4)."""
+    """Bytes per element of a plain dtype, ``bits / 8`` (0.5 for int4; chapter 01)."""
     return DTYPE_BITS[canonical_dtype(dtype, field)] / 8
 
 
 def bits_to_bytes(n_elements, bits):
-    """Bytes to store ``n_elements`` values of ``bits`` bits each, rounded up to a whole byte.
+    """Bytes to store ``n_elements`` values of ``bits`` bits each, ``⌈n·bits/8⌉`` (chapter 01).
 
     Works elementwise on numpy arrays.
     """
@@ -53,14 +53,14 @@ def bits_to_bytes(n_elements, bits):
 
 
 def to_unit(n_bytes, unit: str = "GiB") -> float:
-    """Convert bytes to ``unit`` (one of :data:`UNITS`)."""
+    """Convert bytes to ``unit`` (one of :data:`UNITS`): ``bytes / 2**30`` for GiB, ``/ 10**9`` for GB (chapter 00)."""
     if unit not in UNITS:
         raise ValueError(f"unit: unknown unit {unit!r}; allowed: {', '.join(UNITS)}")
     return n_bytes / UNITS[unit]
 
 
 def fmt_bytes(n_bytes, unit: str | None = None, digits: int = 2) -> str:
-    """Format bytes for people: ``fmt_bytes(15_000_000_000) == '13.97 GiB'``.
+    """Format bytes for people (chapter 00): ``fmt_bytes(15_000_000_000) == '13.97 GiB'``.
 
     With ``unit=None`` the largest binary unit that keeps the number >= 1 is used.
     """

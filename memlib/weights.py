@@ -32,6 +32,8 @@ GGUF_TYPES = {
     "Q5_0": (32, 22), "Q4_K": (256, 144), "Q4_0": (32, 18), "Q3_K": (256, 110), "Q2_K": (256, 84),
 }
 QUANT_FORMATS = ("gptq", "awq", "nf4", "llm_int8")
+#: What a quantised checkpoint keeps its unquantised tensors (embeddings, norms...) in.
+BASE_DTYPES = ("fp32", "fp16", "bf16")
 #: Bits of the integer code of each weight in a llama.cpp block type; the rest of the
 #: block (fp16 ``d``/``dmin``, 6-bit sub-block scales, ...) is scale metadata (chapter 01).
 GGUF_CODE_BITS = {"F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K": 5, "Q5_0": 5, "Q4_K": 4,
@@ -39,12 +41,12 @@ GGUF_CODE_BITS = {"F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K": 5, "Q5_0"
 
 
 def weight_formats() -> list[str]:
-    """Every value ``weight_memory``'s ``dtype`` accepts."""
+    """Every value ``weight_memory``'s ``dtype`` accepts (chapter 01)."""
     return list(DTYPE_BITS) + list(QUANT_FORMATS) + [f"gguf:{t}" for t in GGUF_TYPES]
 
 
 def gguf_bits_per_weight(gguf_type: str) -> float:
-    """Bits per weight of a llama.cpp block type (``Q4_K`` -> 4.5)."""
+    """Bits per weight of a llama.cpp block type, ``8 · block bytes / block weights`` (``Q4_K`` -> 4.5; chapter 01)."""
     n, b = GGUF_TYPES[gguf_type]
     return 8 * b / n
 
@@ -99,7 +101,7 @@ def weight_memory(model, dtype: str = "bf16", base_dtype: str = "bf16", group_si
         bits = DTYPE_BITS[fmt]
         comps = {k: -(-v * bits // 8) for k, v in counts.components.items()}
         return Breakdown(comps, title=f"{spec.name} weights ({fmt})", meta=meta)
-    base = DTYPE_BITS[canonical_dtype(base_dtype, "base_dtype")] // 8
+    base = DTYPE_BITS[canonical_dtype(base_dtype, "base_dtype", allowed=BASE_DTYPES)] // 8
     plain = dict(counts.components)            # parameters left in base dtype, by component
     comps: dict[str, int] = {}
     overhead = 0
@@ -124,7 +126,7 @@ def weight_memory(model, dtype: str = "bf16", base_dtype: str = "bf16", group_si
 
 
 def bits_per_param(model, dtype: str = "bf16", **knobs) -> float:
-    """Effective bits per parameter: ``8 × weight bytes / params`` (overheads included)."""
+    """Effective bits per parameter: ``8 × weight bytes / params`` (overheads included; chapter 01)."""
     b = weight_memory(model, dtype, **knobs)
     return 8 * b.total / b.meta["params"]
 
@@ -167,13 +169,13 @@ def quantization_split(model, dtype: str = "gptq", base_dtype: str = "bf16", gro
     fmt, params = b.meta["dtype"], b.meta["params"]
     total = b.total
     if fmt in DTYPE_BITS:
-        narrower = DTYPE_BITS[fmt] < DTYPE_BITS[canonical_dtype(base_dtype, "base_dtype")]
+        narrower = DTYPE_BITS[fmt] < DTYPE_BITS[canonical_dtype(base_dtype, "base_dtype", allowed=BASE_DTYPES)]
         q_params = params if narrower else 0
         comps = {"quantized": total if narrower else 0, "quant_overhead": 0,
                  "unquantized": 0 if narrower else total}
     else:
         q_params = quantized_params(model, fmt)
-        base = 4 if fmt.startswith("gguf:") else DTYPE_BITS[canonical_dtype(base_dtype, "base_dtype")] // 8
+        base = 4 if fmt.startswith("gguf:") else DTYPE_BITS[canonical_dtype(base_dtype, "base_dtype", allowed=BASE_DTYPES)] // 8
         unq = (params - q_params) * base
         overhead = b["quant_overhead"]
         if fmt.startswith("gguf:"):  # split each block into its codes and its scales

@@ -20,8 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import memlib  # noqa: E402
-from memlib.inference import inference_memory  # noqa: E402
-from memlib.training import train_memory  # noqa: E402
+from memlib.measure.compare import compare as compare_record  # noqa: E402
 
 
 def load(kind):
@@ -29,42 +28,21 @@ def load(kind):
     return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
 
 
-def excluded(rec) -> str | None:
-    m = rec["measured"]
-    if "error" in m:
-        return "bench error: " + m["error"][:80]
-    if m.get("math_path"):
-        return "CPU math attention path (a GPU runs a fused kernel)"
-    return None
-
-
 def compare(kind):
+    """``(point, measured, predicted, error, note)`` for every stored point (the bridge:
+    :mod:`memlib.measure.compare`)."""
     rows = []
     for rec in load(kind):
-        p, m = rec["point"], rec["measured"]
-        why = excluded(rec)
-        if why:
-            rows.append((p, None, None, None, why))
+        c = compare_record(rec, kind)
+        if "excluded" in c:
+            rows.append((c["point"], None, None, None, c["excluded"]))
             continue
         if kind == "train":
-            pred = train_memory(p["model"], p["batch_size"], p["seq_len"], precision=p["precision"],
-                                recompute=p["recompute"], attention=p["attention"], device="cpu")
-            meas_total, pred_total = m["train_peak"], pred.total
-            phase_ok = pred.peak_phase == m["peak_phase"]
-            extra = f"{m['peak_phase']:>8}/{pred.peak_phase:<8}{'' if phase_ok else ' PHASE'}"
+            ok = c["predicted_phase"] == c["phase"]
+            note = f"{c['phase']:>8}/{c['predicted_phase']:<8}{'' if ok else ' PHASE'}"
         else:
-            # transformers' sliding caches keep the whole prefill alive (a view), plus one
-            # 8-byte window-size tensor per sliding layer: compare like with like
-            spec = memlib.load_spec(p["model"])
-            pred = inference_memory(p["model"], p["batch_size"], p["seq_len"], attention=p["attention"],
-                                    window_tokens="all")
-            pred = pred.with_components(kv_cache=pred["kv_cache"] + 8 * spec.num_sliding_layers)
-            meas_total = m["weights"] + m["prefill_peak"]
-            pred_total = pred.total
-            extra = f"kv {pred['kv_cache'] - m['kv_cache']:+d}"
-            phase_ok = True
-        err = (pred_total - meas_total) / meas_total
-        rows.append((p, meas_total, pred_total, err, extra if phase_ok else extra))
+            note = f"kv {c['kv_error']:+d}"
+        rows.append((c["point"], c["measured"], c["predicted"], c["error"], note))
     return rows
 
 

@@ -3,9 +3,9 @@
     python scripts/validate_weights_kv.py [--seq-len 1024] [--batch-size 1]
 
 Writes ``data/bench/weights_kv.md`` (model, predicted, measured, error) and
-``figures/08_weights_kv_validation.png``.  The KV comparison counts what transformers holds:
-a sliding-window layer keeps a view of the whole prefill (``window_tokens="all"``) plus an
-8-byte window-size tensor, which memlib names as a quirk (chapter 02).
+``figures/08_weights_kv_validation.png``.  The KV comparison counts what transformers holds
+(``runtime="transformers"``): a sliding-window layer keeps a view of the whole prefill plus
+an 8-byte window-size tensor, which memlib names as a quirk (chapter 02).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 import memlib  # noqa: E402
 from memlib.measure import measure_prefill, measure_weights  # noqa: E402
+from memlib.measure.compare import predict_like_bench  # noqa: E402
 
 
 def main():
@@ -31,8 +32,9 @@ def main():
         s = min(args.seq_len, spec.max_position_embeddings)
         w_meas = measure_weights(name, "bf16")["weights"]
         kv_meas = measure_prefill(name, args.batch_size, s).meta["kv_cache"]
-        w_pred = memlib.weight_memory(name, "bf16").total
-        kv_pred = memlib.kv_bytes(name, s, args.batch_size, window_tokens="all") + 8 * spec.num_sliding_layers
+        point = {"model": name, "dtype": "bf16", "batch_size": args.batch_size, "seq_len": s}
+        w_pred = predict_like_bench(point, "weights").total
+        kv_pred = predict_like_bench(point, "kv").total
         rows.append((name, s, w_pred, w_meas, kv_pred, kv_meas))
         print(f"{name:24s} weights {w_pred:>16,} vs {w_meas:>16,}   kv {kv_pred:>14,} vs {kv_meas:>14,}", file=sys.stderr)
     out = ROOT / "data" / "bench" / "weights_kv.md"

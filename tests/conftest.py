@@ -28,3 +28,24 @@ def ax():
     fig, ax = plt.subplots()
     yield ax
     plt.close(fig)
+
+
+def pytest_report_header(config):
+    from memlib.measure.provenance import installed_versions, pinned_versions
+    have, want = installed_versions(), pinned_versions()
+    return [f"memlib: torch {have['torch']}, transformers {have['transformers']} installed; pinned: "
+            + ", ".join(f"{k} {v}" for k, v in want.items())]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test, when torch or transformers differ from the pinned versions, says so:
+    the committed measurements were made with the pins, and a newer release can change
+    real memory (the README's "Pinned versions")."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        from memlib.measure.provenance import version_mismatch
+        why = version_mismatch()
+        if why:
+            report.sections.append(("memlib: installed versions differ from the pins", why))

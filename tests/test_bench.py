@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.bench
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 

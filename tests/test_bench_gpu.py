@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 

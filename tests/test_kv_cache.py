@@ -1,9 +1,11 @@
 """KV-cache bytes against hand arithmetic for each attention kind (chapter 02)."""
+import math
+
 import numpy as np
 import pytest
 
 import memlib
-from memlib.kv_cache import bytes_per_token, kv_cache, layer_bytes_per_token, max_concurrency
+from memlib.kv_cache import beam_search_kv, bytes_per_token, kv_crossover_tokens, kv_cache, kv_summary, layer_bytes_per_token
 
 
 def cfg(**over):
@@ -62,7 +64,10 @@ def test_sliding_window_caps_sliding_layers():
     # 2 full layers hold 500 tokens; 2 sliding layers hold window - 1 = 99 tokens
     assert kv["full_layers"] == 2 * 500 * per_layer
     assert kv["sliding_layers"] == 2 * 99 * per_layer
-    assert kv_cache(c, seq_len=500, window_tokens="window")["sliding_layers"] == 2 * 100 * per_layer
+    # transformers right after a prefill: its sliding layers keep a view of all 500 tokens,
+    # plus an 8-byte int64 window-size tensor each
+    tf = kv_cache(c, seq_len=500, runtime="transformers")
+    assert tf["sliding_layers"] == 2 * 500 * per_layer and tf["window_scalars"] == 2 * 8
     # below the window nothing is capped
     assert kv_cache(c, seq_len=50).total == 4 * 50 * per_layer
 
@@ -85,20 +90,6 @@ def test_vectorised_grid_matches_scalars():
             assert grid[i, j] == memlib.kv_bytes(cfg(num_key_value_heads=2), int(ss), int(bb))
 
 
-def test_concurrency_by_hand():
-    c = cfg()
-    weights = memlib.weight_memory(c, "bf16").total
-    per_req = 2048 * 8192  # 2048 tokens x 8192 B/token, already a multiple of the block
-    r = max_concurrency(c, 2048, gpu_memory=10**9, gpu_memory_utilization=0.5,
-                        activation_reserve=10**6)
-    assert r.meta["requests"] == (5 * 10**8 - weights - 10**6) // per_req
-
-
-def test_concurrency_when_weights_do_not_fit():
-    r = max_concurrency("Llama-3.1-70B", 1024, gpu_memory=24 * 10**9)
-    assert r.meta["requests"] == 0 and "exceed" in r.meta["reason"]
-
-
 @pytest.mark.parametrize("bad", [dict(seq_len=0), dict(seq_len=-3), dict(seq_len=2.5),
                                  dict(batch_size=0), dict(kv_dtype="fp7"), dict(seq_len=10**6)])
 def test_bad_input_names_the_field(bad):
@@ -106,3 +97,49 @@ def test_bad_input_names_the_field(bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=field):
         kv_cache(cfg(), **args)
+
+
+# Llama-3.1-8B config.json: 32 layers, 8 KV heads, head_dim 128 (4096 / 32 heads), bf16
+LLAMA31_8B_PER_TOKEN = 32 * 8 * 128 * 2 * 2          # layers x kv heads x head_dim x (K, V) x bytes
+
+
+def test_kv_summary_weights_and_crossover():
+    r = kv_summary("Llama-3.1-8B", 8192)
+    weights = 8_030_261_248 * 2                      # published parameter count x bf16
+    assert r.total == 8192 * LLAMA31_8B_PER_TOKEN == 2**30
+    assert r.meta["weights"] == weights == 16_060_522_496
+    # smallest s with s x 131072 >= weights: 16_060_522_496 / 131_072 = 122_532.2 -> 122_533
+    assert r.meta["crossover_tokens"] == 122_533
+
+
+def test_crossover_arrays_and_windows():
+    b = np.array([1, 2, 4])
+    s = kv_crossover_tokens("Llama-3.1-8B", b)
+    assert s.tolist() == [122_533, -(-16_060_522_496 // (2 * 131_072)), -(-16_060_522_496 // (4 * 131_072))]
+    # Mistral: every layer windowed; one sequence never holds more than 32 x 4095 x 4096 B
+    assert kv_crossover_tokens("Mistral-7B-v0.1") == math.inf
+    w = memlib.weight_memory("Mistral-7B-v0.1").total
+    big = -(-w // (32 * 4095 * 4096))                # batch at which full windows exceed the weights
+    assert kv_crossover_tokens("Mistral-7B-v0.1", big) <= 4095
+    # gemma-2-9b: beyond the window only the 21 full layers keep growing
+    # at batch 10 the crossover lies past the 4096 window but within the 8192 context
+    g = kv_crossover_tokens("gemma-2-9b", 10)
+    assert 4095 < g <= 8192
+    w = memlib.weight_memory("gemma-2-9b").total
+    assert memlib.kv_bytes("gemma-2-9b", g, 10) >= w > memlib.kv_bytes("gemma-2-9b", g - 1, 10)
+    assert kv_crossover_tokens("gemma-2-9b") > 8192          # one sequence never gets there
+
+
+def test_beam_search_is_linear_in_beams():
+    pt = LLAMA31_8B_PER_TOKEN
+    beams = np.array([1, 2, 4, 8])
+    copied = beam_search_kv("Llama-3.1-8B", 1000, 200, beams, share_prefix=False).total
+    assert copied.tolist() == (beams * 1200 * pt).tolist()
+    shared = beam_search_kv("Llama-3.1-8B", 1000, 200, beams).total
+    assert shared.tolist() == ((1000 + beams * 200) * pt).tolist()
+    # paged, blocks of 16: 62 full prompt blocks shared; each beam copies the 8-token partial
+    # block and adds 200 tokens -> ceil(208 / 16) = 13 blocks per beam
+    paged = beam_search_kv("Llama-3.1-8B", 1000, 200, 4, block_size=16)
+    assert paged.total == (62 + 4 * 13) * 16 * pt
+
+

@@ -2,15 +2,18 @@
 
 Each config is built with real (not fake) tensors on the CPU and run for a prefill; the
 bench sums the storages the returned cache holds.  transformers' sliding layers keep a view
-of the whole prefill plus one 8-byte window-size tensor each (memlib's ``window_tokens="all"``).
+of the whole prefill plus one 8-byte window-size tensor each (memlib's ``runtime="transformers"``).
 """
 import pytest
+
+pytestmark = pytest.mark.bench
 
 import memlib
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from memlib.measure import measure_prefill  # noqa: E402
+from memlib.measure.compare import predict_like_bench  # noqa: E402
 
 BASE = {"vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
         "num_hidden_layers": 2, "intermediate_size": 96, "max_position_embeddings": 256}
@@ -41,5 +44,5 @@ FAMILIES = {
 def test_kv_equals_transformers_cache(family):
     cfg = FAMILIES[family]
     measured = measure_prefill(cfg, batch_size=2, seq_len=20, fake=False).meta["kv_cache"]
-    spec = memlib.load_spec(cfg)
-    assert memlib.kv_bytes(cfg, 20, 2, window_tokens="all") + 8 * spec.num_sliding_layers == measured
+    # runtime="transformers": sliding layers keep the whole prefill (a view), plus 8 bytes each
+    assert predict_like_bench(dict(model=cfg, batch_size=2, seq_len=20), "kv").total == measured

@@ -39,11 +39,13 @@ def _transformers_count(model) -> int:
     return sum(p.numel() for p in built.parameters())
 
 
+@pytest.mark.bench
 @pytest.mark.parametrize("name", memlib.catalog_names())
 def test_matches_transformers_on_meta_device(name):
     assert memlib.total_params(name) == _transformers_count(name)
 
 
+@pytest.mark.bench
 def test_refinedweb_key_names_match_transformers():
     path = DATA / "falcon-7b-refinedweb.json"
     if not path.exists():

@@ -32,9 +32,12 @@ def test_kv_never_decreases_with_batch_or_seq(c, b, s, dt):
 
 
 @settings(max_examples=60, deadline=None)
-@given(configs(), st.integers(1, 8192))
-def test_weights_do_not_depend_on_batch_or_seq_and_grow_with_layers(c, _s):
+@given(configs(), st.integers(1, 8192), st.integers(1, 16))
+def test_weights_do_not_depend_on_batch_or_seq_and_grow_with_layers(c, s, b):
     w = memlib.weight_memory(c).total
+    s = min(s, memlib.load_spec(c).max_position_embeddings)
+    assert memlib.inference_memory(c, b, s)["weights"] == w                 # the same at any length or batch
+    assert memlib.train_memory(c, b, s)["weights"] == w
     bigger = dict(c, num_hidden_layers=c["num_hidden_layers"] + 1)
     assert memlib.weight_memory(bigger).total > w
 

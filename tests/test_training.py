@@ -13,6 +13,7 @@ from memlib.activations import Scenario, layer_saved
 from memlib.inference import inference_memory
 from memlib.lora import lora_memory, lora_params
 from memlib.optimizers import optimizer_state_bytes
+from memlib.measure.compare import excluded, measured_total, predict_like_bench
 from memlib.training import train_memory
 
 TINY = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 256, "num_attention_heads": 8,
@@ -47,6 +48,7 @@ def _measure():
     return measure
 
 
+@pytest.mark.bench
 def test_one_layer_equals_the_bench():
     """The bench's end-of-forward difference between 3 and 2 layers is one layer's saved tensors."""
     measure = _measure()
@@ -72,12 +74,14 @@ TRAIN_POINTS = [
 ]
 
 
+@pytest.mark.bench
 @pytest.mark.parametrize("model,B,S,precision,recompute,attention", TRAIN_POINTS)
 def test_train_peak_within_5_percent_of_bench(model, B, S, precision, recompute, attention):
     measure = _measure()
     m = measure.measure_train(model, B, S, precision=precision, recompute=recompute, attention=attention)
-    assert not m.meta["math_path"], "subset points must be ones a GPU kernel would also run"
-    p = train_memory(model, B, S, precision=precision, recompute=recompute, attention=attention, device="cpu")
+    assert excluded(m.meta) is None, "subset points must be ones a GPU kernel would also run"
+    point = dict(model=model, batch_size=B, seq_len=S, precision=precision, recompute=recompute, attention=attention)
+    p = predict_like_bench(point, "train")
     assert p.total == pytest.approx(m.total, rel=0.05)
     assert p.peak_phase == m.peak_phase
 
@@ -86,15 +90,14 @@ PREFILL_POINTS = [("Qwen3-0.6B", 4, 2048, "eager"), ("gemma-2-9b", 1, 8192, "sdp
                   ("opt-13b", 4, 512, "sdpa"), ("Qwen3-30B-A3B", 1, 8192, "sdpa")]
 
 
+@pytest.mark.bench
 @pytest.mark.parametrize("model,B,S,attention", PREFILL_POINTS)
 def test_prefill_total_within_3_percent_of_bench(model, B, S, attention):
     measure = _measure()
     m = measure.measure_prefill(model, B, S, attention=attention)
-    spec = memlib.load_spec(model)
     # transformers keeps a view of the whole prefill in sliding layers, plus an 8-byte tensor each
-    p = inference_memory(model, B, S, attention=attention, window_tokens="all")
-    predicted = p.total + 8 * spec.num_sliding_layers
-    assert predicted == pytest.approx(m.meta["weights"] + m.meta["prefill_peak"], rel=0.03)
+    p = predict_like_bench(dict(model=model, batch_size=B, seq_len=S, attention=attention), "prefill")
+    assert p.total == pytest.approx(measured_total(m.meta, "prefill"), rel=0.03)
 
 
 def test_mixed_adamw_is_16_bytes_per_param_plus_autocast_cache():
@@ -194,8 +197,10 @@ def test_inference_bad_input():
         inference_memory("gpt2", 1, 128, dtype="int4")
 
 
+@pytest.mark.bench
 def test_sgd_momentum_matches_bench():
     measure = _measure()
     m = measure.measure_train("Qwen3-0.6B", 1, 512, precision="mixed", optimizer="sgd")   # momentum 0.9
-    p = train_memory("Qwen3-0.6B", 1, 512, precision="mixed", optimizer="sgd_momentum", device="cpu")
+    p = predict_like_bench(dict(model="Qwen3-0.6B", batch_size=1, seq_len=512, precision="mixed",
+                                optimizer="sgd"), "train")
     assert p.total == pytest.approx(m.total, rel=0.05) and p.peak_phase == m.peak_phase

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from memlib import Breakdown
+from memlib import Breakdown, combine
 from memlib.units import GB, GiB, fmt_bytes, to_unit
 
 
@@ -23,18 +23,57 @@ def test_breakdown_total_table_and_dict():
     assert d["total"] == b.total and d["components"]["kv_cache"] == GiB // 2
 
 
-def test_shard_adds_back_up():
-    b = Breakdown({"weights": 10**9 + 3, "kv_cache": 7, "context": 500})
-    s = b.shard(4, replicated=("context",))
-    assert s["context"] == 500
-    assert 0 <= s["weights"] * 4 - (10**9 + 3) < 4
-    assert s.total * 4 >= b.total
-
-
-def test_add_merges_components():
-    a = Breakdown({"weights": 1, "kv_cache": 2})
-    c = a + Breakdown({"kv_cache": 3, "activations": 4})
+def test_add_merges_components_and_kinds():
+    a = Breakdown({"weights": 1, "kv_cache": 2}, kinds={"weights": "model_state", "kv_cache": "kv"})
+    c = a + Breakdown({"kv_cache": 3, "activations": 4}, kinds={"kv_cache": "kv", "activations": "activation"})
     assert dict(c.components) == {"weights": 1, "kv_cache": 5, "activations": 4}
+    assert c.kinds == {"weights": "model_state", "kv_cache": "kv", "activations": "activation"}
+    assert c.by_kind() == {"model_state": 1, "activation": 4, "kv": 5}
+    with pytest.raises(ValueError, match="kv_cache"):     # one name, two kinds
+        a + Breakdown({"kv_cache": 1}, kinds="activation")
+
+
+def test_every_component_has_a_known_kind():
+    with pytest.raises(ValueError, match="without a kind"):
+        Breakdown({"a": 1, "b": 2}, kinds={"a": "kv"})
+    with pytest.raises(ValueError, match="kind"):
+        Breakdown({"a": 1}, kinds="cache")
+
+
+def _phased(label, forward, backward, step, resident=0):
+    """A part whose live bytes are given per phase (its own peak in each), with one transient."""
+    phases = {"forward": forward, "backward": backward, "step": step}
+    pc = {ph: {"weights": resident, "transient": v - resident} for ph, v in phases.items()}
+    peak = max(phases, key=phases.get)
+    return Breakdown(pc[peak], kinds={"weights": "model_state", "transient": "transient"}, phases=phases,
+                     peak_phase=peak, phase_components=pc, label=label)
+
+
+def test_combine_peaks_over_phases_not_the_sum_of_peaks():
+    # a peaks in the forward (10), b in the step (9): separately 19; together at most 13
+    a = _phased("a", 10, 6, 3, resident=2)
+    b = _phased("b", 2, 5, 9, resident=1)
+    c = combine([a, b])
+    assert c.phases == {"forward": 12, "backward": 11, "step": 12}
+    assert c.total == 12 and c.peak_phase == "forward"            # the first of the tied maxima
+    assert c.components == {"weights": 3, "transient": 9}          # a and b at the forward's peak
+    assert [p.label for p in c.children] == ["a", "b"]
+    assert a + b == c                                              # adding keeps the phases
+
+
+def test_combine_an_unphased_part_is_live_in_every_phase():
+    w = Breakdown({"weights": 100}, label="reference")
+    c = combine([_phased("policy", 10, 20, 5), w])
+    assert c.phases == {"forward": 110, "backward": 120, "step": 105} and c.peak_phase == "backward"
+    assert c.components_at("step") == {"weights": 100, "transient": 5}
+
+
+def test_combine_never_drops_a_phase():
+    a = _phased("a", 1, 2, 3)
+    b = Breakdown({"x": 5}, kinds="kv", phases={"generate": 5}, peak_phase="generate",
+                  phase_components={"generate": {"x": 5}}, label="rollout")
+    with pytest.raises(ValueError, match="no phase"):
+        combine([a, b])
 
 
 def test_array_components():

@@ -5,11 +5,14 @@ storages (``memlib.measure``); these tests need the ``measure`` extra.
 """
 import pytest
 
+pytestmark = pytest.mark.bench
+
 import memlib
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from memlib.measure import measure_prefill, measure_weights  # noqa: E402
+from memlib.measure.compare import predict_like_bench  # noqa: E402
 
 CATALOG = memlib.catalog_names()
 
@@ -17,6 +20,7 @@ CATALOG = memlib.catalog_names()
 @pytest.mark.parametrize("name", CATALOG)
 def test_weight_bytes_equal_bench(name):
     measured = measure_weights(name, "bf16")
+    assert predict_like_bench(dict(model=name, dtype="bf16"), "weights").total == measured["weights"]
     assert memlib.weight_memory(name, "bf16").total == measured["weights"]
 
 
@@ -27,3 +31,4 @@ def test_kv_bytes_equal_bench(name):
     # transformers' sliding-window layers also keep an 8-byte int64 window-size tensor each
     window_scalars = 8 * memlib.load_spec(name).num_sliding_layers
     assert memlib.kv_bytes(name, 24, 2) + window_scalars == measured.meta["kv_cache"]
+    assert predict_like_bench(dict(model=name, batch_size=2, seq_len=24), "kv").total == measured.meta["kv_cache"]

@@ -1,16 +1,11 @@
-"""Chapter 02 explorers driven headless, checked against hand arithmetic from the configs.
-
-Also the chapter's helpers in :mod:`memlib.kv_cache` (crossover, vectorised concurrency,
-beam search) and the plot functions (drawn on an Agg canvas).
+"""Chapter 02 explorers driven headless, checked against hand arithmetic from the configs,
+and the plot functions (drawn on an Agg canvas).  The core helpers they show (crossover,
+concurrency, beam search) are tested in test_kv_cache.py and test_serving_budget.py.
 """
-import math
-
 import numpy as np
-import pytest
 
-import memlib
-from memlib.kv_cache import beam_search_kv, kv_crossover_tokens, max_concurrency, max_requests
-from memlib.widgets.kv import (GPUS, concurrency_explorer, kv_explorer, plot_concurrency,
+from memlib.hardware import GPUS
+from memlib.widgets.kv import (concurrency_explorer, kv_explorer, plot_concurrency,
                                plot_gpu_budget, plot_kv_per_token, plot_kv_vs_context,
                                plot_kv_vs_weights)
 
@@ -122,46 +117,6 @@ def test_concurrency_explorer_model_too_big_and_invalid():
     assert ex.result is None and "max_position_embeddings" in ex.error
     ex.set(seq_len=0)
     assert ex.result is None and "seq_len" in ex.error
-
-
-# -- helpers added to memlib.kv_cache for chapter 02 -----------------------------------------
-def test_max_requests_agrees_with_max_concurrency_and_is_vectorised():
-    s = np.array([1000, 4096, 32_768, 131_072])
-    n = max_requests("Llama-3.1-8B", s, H100)
-    assert n.dtype == np.int64
-    assert n.tolist() == [max_concurrency("Llama-3.1-8B", int(x), H100).meta["requests"] for x in s]
-    assert np.all(np.diff(n) <= 0)
-
-
-def test_crossover_arrays_and_windows():
-    b = np.array([1, 2, 4])
-    s = kv_crossover_tokens("Llama-3.1-8B", b)
-    assert s.tolist() == [122_533, -(-16_060_522_496 // (2 * 131_072)), -(-16_060_522_496 // (4 * 131_072))]
-    # Mistral: every layer windowed; one sequence never holds more than 32 x 4095 x 4096 B
-    assert kv_crossover_tokens("Mistral-7B-v0.1") == math.inf
-    w = memlib.weight_memory("Mistral-7B-v0.1").total
-    big = -(-w // (32 * 4095 * 4096))                # batch at which full windows exceed the weights
-    assert kv_crossover_tokens("Mistral-7B-v0.1", big) <= 4095
-    # gemma-2-9b: beyond the window only the 21 full layers keep growing
-    # at batch 10 the crossover lies past the 4096 window but within the 8192 context
-    g = kv_crossover_tokens("gemma-2-9b", 10)
-    assert 4095 < g <= 8192
-    w = memlib.weight_memory("gemma-2-9b").total
-    assert memlib.kv_bytes("gemma-2-9b", g, 10) >= w > memlib.kv_bytes("gemma-2-9b", g - 1, 10)
-    assert kv_crossover_tokens("gemma-2-9b") > 8192          # one sequence never gets there
-
-
-def test_beam_search_is_linear_in_beams():
-    pt = LLAMA31_8B_PER_TOKEN
-    beams = np.array([1, 2, 4, 8])
-    copied = beam_search_kv("Llama-3.1-8B", 1000, 200, beams, share_prefix=False).total
-    assert copied.tolist() == (beams * 1200 * pt).tolist()
-    shared = beam_search_kv("Llama-3.1-8B", 1000, 200, beams).total
-    assert shared.tolist() == ((1000 + beams * 200) * pt).tolist()
-    # paged, blocks of 16: 62 full prompt blocks shared; each beam copies the 8-token partial
-    # block and adds 200 tokens -> ceil(208 / 16) = 13 blocks per beam
-    paged = beam_search_kv("Llama-3.1-8B", 1000, 200, 4, block_size=16)
-    assert paged.total == (62 + 4 * 13) * 16 * pt
 
 
 # -- plot functions draw without error ---------------------------------------------------------

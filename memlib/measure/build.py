@@ -1,17 +1,14 @@
 """Turn a catalog name / config path / dict into a Hugging Face model for the bench.
 
-Only JSON data is read; no remote code ever runs (``auto_map`` is dropped).  The raw
-config is cleaned first, and every change is recorded in ``meta["config_changes"]``:
+Only JSON data is read; no remote code ever runs (``auto_map`` is dropped).  The config is
+validated by memlib's own reader first, then cleaned, and every change is recorded in
+``meta["config_changes"]``:
 
 * ``quantization_config`` is dropped: the bench builds plain-dtype weights (the fp8
   DeepSeek-V3 checkpoint is measured in the dtype asked for);
 * ``auto_map`` is dropped (it points to remote code);
-* the original Falcon configs (``model_type`` ``"RefinedWebModel"`` / ``"RefinedWeb"``)
-  are mapped to ``"falcon"`` with their old keys renamed (``n_layer`` ->
-  ``num_hidden_layers``, ``n_head`` -> ``num_attention_heads``, ``n_head_kv`` ->
-  ``num_kv_heads``, ``n_embed`` -> ``hidden_size``); ``"RefinedWeb"`` (Falcon-40B style)
-  sets ``new_decoder_architecture``.  transformers' ``FalconConfig`` has no alias for
-  these keys and would otherwise silently use its defaults.
+* the original Falcon configs (RefinedWeb) are mapped to transformers' ``falcon`` classes
+  with their old keys renamed (:func:`memlib.spec.transformers_config`).
 """
 from __future__ import annotations
 
@@ -25,8 +22,6 @@ INSTALL_HINT = 'memlib.measure needs torch and transformers: pip install "memlib
 # attribute_map); transformers would silently fill in a default otherwise.
 REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
 
-_FALCON_RENAMES = {"n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
-                   "n_head_kv": "num_kv_heads", "n_embed": "hidden_size"}
 
 
 def require_torch():
@@ -40,29 +35,21 @@ def require_torch():
 
 
 def clean_config(model) -> tuple[str, dict, list[str]]:
-    """Return ``(name, cleaned config dict, notes on what was changed)``."""
+    """Return ``(name, cleaned config dict, notes on what was changed)``.
+
+    The config is first read and validated as memlib reads it (:func:`memlib.load_spec`:
+    every field checked, a ``ValueError`` naming the field otherwise), so the bench never
+    builds a model from a config memlib would refuse, nor lets transformers fill in a
+    default silently.
+    """
+    from ..spec import load_spec, transformers_config
     name, raw = load_config(model)
-    cfg = copy.deepcopy(raw)
-    notes = []
-    if "model_type" not in cfg:
-        raise ValueError(f"model {name!r}: config has no 'model_type'; cannot tell which architecture to build")
+    load_spec(model)
+    cfg, notes = transformers_config(copy.deepcopy(raw))
     for key in ("quantization_config", "auto_map"):
         if key in cfg:
             cfg.pop(key)
-            notes.append(f"dropped {key}")
-    mt = cfg["model_type"]
-    if mt in ("RefinedWebModel", "RefinedWeb"):
-        for old, new in _FALCON_RENAMES.items():
-            if old in cfg:
-                if new not in cfg:
-                    cfg[new] = cfg[old]
-                cfg.pop(old)
-                notes.append(f"renamed {old} -> {new}")
-        if mt == "RefinedWeb" and "new_decoder_architecture" not in cfg:
-            cfg["new_decoder_architecture"] = True
-            notes.append("set new_decoder_architecture=True (RefinedWeb)")
-        cfg["model_type"] = "falcon"
-        notes.append(f"model_type {mt} -> falcon")
+            notes.insert(0, f"dropped {key}")
     return name, cfg, notes
 
 
@@ -71,9 +58,10 @@ def hf_config(name: str, cfg: dict):
     torch, transformers = require_torch()
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    mt = cfg["model_type"]
+    from ..spec import transformers_architecture
+    mt = transformers_architecture(cfg)
     if mt not in CONFIG_MAPPING:
-        raise ValueError(f"model {name!r}: model_type {mt!r} is not an architecture transformers "
+        raise ValueError(f"model {name!r}: architecture {mt!r} is not one transformers "
                          f"{transformers.__version__} knows")
     cls = CONFIG_MAPPING[mt]
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg

@@ -2,10 +2,10 @@
 
 Three layers (DESIGN §3):
 
-1. compute: :func:`memlib.activations.layer_saved` / :func:`~memlib.activations.model_saved`
-   (the tensors autograd saves), :func:`memlib.training.train_memory` (the step's peak) and
-   :func:`memlib.inference.inference_memory` (the prefill's peak), gathered here by
-   :func:`activation_breakdown`;
+1. compute: :func:`memlib.activations.layer_tensors` (the tensors autograd saves, as
+   records), :func:`memlib.activations.activation_breakdown` (what a step keeps, by block),
+   :func:`memlib.training.train_memory` (the step's peak) and
+   :func:`memlib.inference.inference_memory` (the prefill's peak);
 2. plot functions that draw on a matplotlib ``ax``: :func:`plot_activations_vs_seq_len`,
    :func:`plot_saved_per_layer`, :func:`plot_layer_tensors`, :func:`plot_logits_share`
    (with :func:`logits_share`), :func:`plot_recompute`, :func:`plot_predicted_vs_measured`
@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activations import ATTENTIONS, PRECISIONS, RECOMPUTE, Scenario, attention_used, layer_saved, model_saved
+from ..activations import (BLOCK_LABELS, activation_breakdown, display_block, layer_tensors,
+                           model_state_bytes)
 from ..breakdown import Breakdown
 from ..inference import inference_memory
-from ..kv_cache import check_seq_len
-from ..spec import load_spec
-from ..training import QUADRATIC, checkpointed_inputs, train_memory
-from ..units import GiB, UNITS
 from ..plotting import plot_predicted_vs_measured, token_ticks as _tokens  # noqa: F401
-from ..validation import choice, positive_int
+from ..scenario import ATTENTIONS, PRECISIONS, RECOMPUTE, Scenario, attention_used
+from ..spec import load_spec
+from ..training import train_memory
+from ..units import GiB, UNITS
 
-#: The four blocks a decoder layer's saved tensors are grouped into, with their colours.
-BLOCKS = {"norms": "#8C8C8C", "attention": "#4C72B0", "attention S²": "#C44E52", "MLP / experts": "#55A868",
-          "autocast weight copies": "#937860"}
+#: The colour of each block a decoder layer's saved tensors are grouped into.
+BLOCKS = dict(zip(BLOCK_LABELS, ("#8C8C8C", "#4C72B0", "#C44E52", "#55A868", "#937860")))
 #: Colours of the parts of the activations outside the blocks.
 OTHER_COLORS = {"layer inputs (checkpoints)": "#8172B3", "outside the layers": "#CCB974",
                 "loss log-softmax (fp32)": "#DD8452", "backward's 2 fp32 T×V buffers": "#F2B880"}
@@ -39,107 +38,6 @@ ATTENTION_STYLES = {"sdpa": "-", "eager": "--"}
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">")
 #: Korthikanti et al. (2022): a GPT layer without its s² term saves 34·s·b·h bytes.
 KORTHIKANTI = 34
-
-_NORM_PREFIXES = ("input_norm", "post_attn_norm", "pre_mlp_norm", "post_mlp_norm", "ln_", "ln.")
-
-
-def block_of(name: str) -> str:
-    """The block of a :func:`~memlib.activations.layer_saved` entry: norms, attention,
-    attention S² (the score-matrix tensors, :data:`memlib.training.QUADRATIC`), MLP / experts,
-    or autocast weight copies (bf16 weights a layer saves under mixed precision, Falcon)."""
-    if name.startswith("autocast."):
-        return "autocast weight copies"
-    if name in QUADRATIC:
-        return "attention S²"
-    if name.startswith(_NORM_PREFIXES):
-        return "norms"
-    if name.startswith(("mlp.", "moe.")):
-        return "MLP / experts"
-    return "attention"
-
-
-def saved_by_block(spec, sc: Scenario) -> dict:
-    """Bytes the decoder layers save, summed over all layers and grouped by :func:`block_of`."""
-    out = {b: 0 for b in BLOCKS}
-    for moe in spec.moe_layers:
-        for name, v in layer_saved(spec, sc, moe=moe).items():
-            out[block_of(name)] = out[block_of(name)] + v
-    return out
-
-
-# -- compute + describe (pure) --------------------------------------------------------------
-def activation_breakdown(model, batch_size, seq_len, precision: str = "bf16", attention: str = "sdpa",
-                         recompute: str = "none", device: str = "cuda") -> Breakdown:
-    """What one training step keeps at the end of its forward pass, by block (chapter 03).
-
-    Components (bytes over the whole model): the decoder layers' saved tensors split into
-    ``norms``, ``attention``, ``attention S²`` and ``MLP / experts`` (with
-    ``recompute="selective"`` the S² part is dropped; with ``"full"`` only each layer's
-    input is kept: ``layer inputs (checkpoints)``), ``outside the layers`` (RoPE tables, final
-    norm, labels) and ``loss log-softmax (fp32)``, ``4·T·V``.  The total equals
-    ``train_memory(...).meta["activations_saved"]``.
-
-    ``meta`` holds the step's peak from :func:`memlib.training.train_memory` (``train``, the
-    Breakdown at the peak, and ``peak``, ``peak_phase``, ``peak_at``), the first layer's
-    saved tensors (``per_layer``, ``per_layer_total``, ``per_layer_per_token``), the extra
-    bytes one layer's recomputation brings back in the backward (``recompute_extra``, for
-    scalar inputs) and the model states (``states``: weights + gradients + optimizer state).
-    ``batch_size`` and ``seq_len`` may be numpy arrays (components are then arrays).
-    """
-    spec = load_spec(model)
-    seq_len = check_seq_len(spec, seq_len)
-    batch_size = positive_int("batch_size", batch_size)
-    choice("recompute", recompute, RECOMPUTE)
-    sc = Scenario(batch_size, seq_len, precision, attention, device)
-    train = train_memory(spec, batch_size, seq_len, precision=precision, recompute=recompute,
-                         attention=attention, device=device)
-    blocks = saved_by_block(spec, sc)
-    T, H, L = sc.tokens, spec.hidden_size, spec.num_layers
-    comps: dict = {}
-    if recompute == "full":
-        comps["layer inputs (checkpoints)"] = L * sc.residual_bytes * T * H + checkpointed_inputs(spec, sc, recompute)
-    else:
-        comps.update({k: v for k, v in blocks.items() if k != "autocast weight copies" or np.any(v)})
-        if recompute == "selective":
-            comps["attention S²"] = 0 * blocks["attention S²"]
-    ms = model_saved(spec, sc)
-    loss = ms.pop("loss.log_softmax_fp32")
-    other = 0
-    for v in ms.values():
-        other = other + v
-    comps["outside the layers"] = other
-    comps["loss log-softmax (fp32)"] = loss
-    first = layer_saved(spec, sc, moe=spec.moe_layers[0])
-    per_layer = sum(first.values())
-    full = {m: sum(layer_saved(spec, sc, moe=m).values()) for m in set(spec.moe_layers)}
-    if recompute == "full":
-        extra = max(full[m] - sc.residual_bytes * T * H for m in full) if np.ndim(T) == 0 else None
-    elif recompute == "selective":
-        extra = max(sum(v for k, v in layer_saved(spec, sc, moe=m).items() if k in QUADRATIC) for m in full) \
-            if np.ndim(T) == 0 else None
-    else:
-        extra = 0
-    states = (train.meta.get("optimizer_state", 0) + 2 * count_bytes(spec, precision)
-              if np.ndim(T) == 0 else None)
-    meta = {"model": spec.name, "spec": spec, "batch_size": batch_size, "seq_len": seq_len, "precision": precision,
-            "attention": attention_used(spec, attention), "attention_requested": attention,
-            "recompute": recompute, "tokens": T, "num_layers": L, "hidden_size": H,
-            "vocab_size": spec.vocab_size, "per_layer": first, "per_layer_total": per_layer,
-            "per_layer_per_token": per_layer // T,
-            "recompute_extra": extra, "saved_by_block": blocks, "train": train,
-            "peak": train.total, "peak_phase": train.meta.get("peak_phase"),
-            "peak_at": train.meta.get("peak_at"), "states": states,
-            "max_position_embeddings": spec.max_position_embeddings}
-    title = (f"{spec.name} activations saved by the forward, b={batch_size} s={seq_len} {precision} "
-             f"{meta['attention']} recompute={recompute}")
-    return Breakdown(comps, title=title, meta=meta)
-
-
-def count_bytes(spec, precision: str) -> int:
-    """Bytes of the parameters in the step's precision (bf16: 2, mixed: fp32 master, 4)."""
-    from ..params import count_params
-    return count_params(spec).total * (4 if precision == "mixed" else 2)
-
 
 def describe_activations(b: Breakdown) -> str:
     """Table of an :func:`activation_breakdown` plus the layer's bytes per token and the step's peak."""
@@ -206,7 +104,7 @@ def plot_activations_vs_seq_len(model, seq_lens, ax, attention=("sdpa", "eager")
     if states:
         if what == "train":
             t = train_memory(spec, 1, int(s[0]), precision=precision)
-            ref = t.meta["optimizer_state"] + 2 * count_bytes(spec, precision)
+            ref = t.meta["optimizer_state"] + 2 * model_state_bytes(spec, precision)
             text = "weights + gradients + AdamW state"
         else:
             from ..weights import weight_memory
@@ -244,8 +142,8 @@ def plot_saved_per_layer(models, ax, batch_size: int = 1, seq_len: int = 4096, a
         T = batch_size * s
         left = 0.0
         per_block = {b: 0 for b in BLOCKS}
-        for name, v in layer_saved(spec, sc, moe=spec.moe_layers[-1]).items():
-            per_block[block_of(name)] += v
+        for t in layer_tensors(spec, sc, moe=spec.moe_layers[-1]).values():
+            per_block[display_block(t)] += t.nbytes
         for b, v in per_block.items():
             w = v / T / spec.hidden_size
             if w:
@@ -256,7 +154,8 @@ def plot_saved_per_layer(models, ax, batch_size: int = 1, seq_len: int = 4096, a
             note += f" (s={s})"
         ax.text(left, i, note, va="center", fontsize=8)
     from matplotlib.patches import Patch
-    used = {block_of(k) for spec in specs for k in layer_saved(spec, Scenario(batch_size, 1, precision, attention))}
+    used = {display_block(t) for spec in specs
+            for t in layer_tensors(spec, Scenario(batch_size, 1, precision, attention)).values()}
     handles = {b: Patch(color=c, label=b) for b, c in BLOCKS.items() if b in used}
     if reference:
         ax.axvline(reference, color="k", ls="--", lw=1)
@@ -274,14 +173,15 @@ def plot_saved_per_layer(models, ax, batch_size: int = 1, seq_len: int = 4096, a
 
 def plot_layer_tensors(model, ax, batch_size: int = 1, seq_len: int = 4096, attention: str = "sdpa",
                        precision: str = "bf16", unit: str = "MiB", moe: bool | None = None):
-    """One horizontal bar per tensor one decoder layer saves (:func:`layer_saved`), coloured
-    by block, in ``unit``.  Returns ``ax``."""
+    """One horizontal bar per tensor one decoder layer saves
+    (:func:`memlib.activations.layer_tensors`), coloured by block, in ``unit``.  Returns ``ax``."""
     spec = load_spec(model)
     sc = Scenario(batch_size, seq_len, precision, attention)
-    d = layer_saved(spec, sc, moe=spec.moe_layers[0] if moe is None else moe)
+    recs = layer_tensors(spec, sc, moe=spec.moe_layers[0] if moe is None else moe)
+    d = {k: t.nbytes for k, t in recs.items()}
     names = [k for k, v in d.items() if v]
     vals = [d[k] / UNITS[unit] for k in names]
-    ax.barh(range(len(names)), vals, color=[BLOCKS[block_of(k)] for k in names], height=0.75)
+    ax.barh(range(len(names)), vals, color=[BLOCKS[display_block(recs[k])] for k in names], height=0.75)
     top = max(vals)
     for i, v in enumerate(vals):
         ax.text(v + top * 0.01, i, f"{v:,.0f}", va="center", fontsize=7)
@@ -293,7 +193,7 @@ def plot_layer_tensors(model, ax, batch_size: int = 1, seq_len: int = 4096, atte
     ax.set_title(f"{spec.name}, b={batch_size} s={seq_len:,} {precision} {attention_used(spec, attention)}: "
                  f"{sum(d.values()) / UNITS[unit]:,.0f} {unit} per layer", fontsize=9)
     from matplotlib.patches import Patch
-    used = {block_of(k) for k in names}
+    used = {display_block(recs[k]) for k in names}
     ax.legend(handles=[Patch(color=c, label=b) for b, c in BLOCKS.items() if b in used], fontsize=7,
               loc="center right")
     return ax

@@ -72,32 +72,49 @@ class Explorer:
     _hold = False
 
     def update(self):
-        """Recompute from the controls and redraw; invalid input shows a message."""
+        """Recompute from the controls and redraw.  Any failure, of the compute or of the plot,
+        shows a one-line message naming the control, and no stale result stays on screen."""
         if self._hold:
             return self.result
         try:
             result = self.compute(**self.values)
-        except ValueError as e:
-            self.result, self.error = None, str(e)
-            self.message.value = f"<span style='color:#b00020'>⚠ {html.escape(self.error)}</span>"
-            self.text.value = ""
-            self.image.layout.display = "none"
+            text = self.describe(result) if self.describe else getattr(result, "table", lambda: str(result))()
+            png = self._draw(result) if self.plot_fn is not None else None
+        except Exception as e:          # noqa: BLE001 - an explorer never shows a traceback
+            self._show_error(e)
             return None
         self.result, self.error = result, None
         self.message.value = ""
-        text = self.describe(result) if self.describe else getattr(result, "table", lambda: str(result))()
         self.text.value = f"<pre style='line-height:1.25'>{html.escape(text)}</pre>"
-        if self.plot_fn is not None:
-            self.ax.clear()
-            self.plot_fn(result, self.ax)
-            buf = io.BytesIO()
-            self.fig.savefig(buf, format="png", dpi=72)
-            # lay the figure out once (constrained layout measures every label: slow), then
-            # keep those margins for later updates
-            self.fig.set_layout_engine("none")
-            self.image.value = buf.getvalue()
+        if png is not None:
+            self.image.value = png
             self.image.layout.display = None
         return result
+
+    def _draw(self, result) -> bytes:
+        self.ax.clear()
+        self.plot_fn(result, self.ax)
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=72)
+        # lay the figure out once (constrained layout measures every label: slow), then
+        # keep those margins for later updates
+        self.fig.set_layout_engine("none")
+        return buf.getvalue()
+
+    def _show_error(self, e: Exception):
+        """Clear the result and say what is wrong, naming the control the reader sees."""
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not isinstance(e, ValueError):
+            msg = f"could not compute this combination ({type(e).__name__}: {msg})"
+        for name, control in self.controls.items():
+            label = getattr(control, "description", "") or name
+            if msg.startswith(f"{name}:") and label != name:
+                msg = f"{label} ({msg})"
+                break
+        self.result, self.error = None, msg
+        self.message.value = f"<span style='color:#b00020'>⚠ {html.escape(msg)}</span>"
+        self.text.value = ""
+        self.image.layout.display = "none"
 
     def _ipython_display_(self):
         from IPython.display import display

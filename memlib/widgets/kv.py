@@ -14,40 +14,16 @@ matplotlib are imported only inside the functions that need them.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from ..breakdown import Breakdown
-from ..catalog import catalog_names
-from ..kv_cache import (KV_DTYPES, MLA_FORMS, bytes_per_token, kv_cache, kv_crossover_tokens,
-                        max_concurrency, max_requests)
+from ..hardware import GPUS
+from ..kv_cache import KV_DTYPES, MLA_FORMS, bytes_per_token, kv_cache, kv_crossover_tokens, kv_summary
+from ..serving import concurrency, max_requests
 from ..spec import load_spec
 from ..units import GB, UNITS, GiB
 from ..plotting import token_ticks as _tokens
 from ..weights import weight_memory
-
-#: Memory of each GPU as the driver reports it (``nvidia-smi`` "Total", the same number
-#: ``torch.cuda.mem_get_info()[1]`` returns and vLLM multiplies by
-#: ``gpu_memory_utilization``), in bytes.  The spec sheet number is in the name.
-GPUS = {
-    "H100 80GB": 81_559 * 2**20,     # 85.52 GB; spec sheet: 80 GB HBM3
-    "A100 80GB": 81_920 * 2**20,     # 85.90 GB; spec sheet: 80 GB HBM2e
-    "A100 40GB": 40_960 * 2**20,     # 42.95 GB; spec sheet: 40 GB HBM2
-    "L4 24GB": 23_034 * 2**20,       # 24.15 GB; spec sheet: 24 GB GDDR6 (ECC on)
-    "RTX 4090 24GB": 24_564 * 2**20,  # 25.76 GB; spec sheet: 24 GB GDDR6X
-}
-
-#: Where each number in :data:`GPUS` comes from (spec sheet; driver-reported total).
-GPU_SOURCES = {
-    "H100 80GB": "NVIDIA H100 datasheet (SXM5: 80 GB); nvidia-smi 81559MiB "
-                 "(github.com/NVIDIA/nccl/issues/1264, github.com/modal-labs/modal-client/pull/2797)",
-    "A100 80GB": "NVIDIA A100 datasheet (80 GB HBM2e); nvidia-smi 81920MiB (modal-labs/modal-client#2797)",
-    "A100 40GB": "NVIDIA A100 datasheet (40 GB HBM2); nvidia-smi 40960MiB (modal-labs/modal-client#2797)",
-    "L4 24GB": "NVIDIA L4 datasheet (24 GB GDDR6); nvidia-smi 23034MiB (modal-labs/modal-client#2797)",
-    "RTX 4090 24GB": "NVIDIA GeForce RTX 4090 specifications (24 GB GDDR6X); nvidia-smi 24564MiB "
-                     "(github.com/RLinf/RLinf/issues/255)",
-}
 
 #: One colour per attention kind.
 KIND_COLORS = {"MHA": "#C44E52", "GQA": "#4C72B0", "MQA": "#55A868", "MLA": "#8172B3"}
@@ -212,20 +188,6 @@ def plot_gpu_budget(result: Breakdown, ax, unit: str = "GiB"):
 
 
 # -- compute + describe (pure) --------------------------------------------------------------
-def kv_summary(model, seq_len, batch_size=1, kv_dtype="bf16", mla_form="latent",
-               weight_dtype="bf16") -> Breakdown:
-    """:func:`memlib.kv_cache` with the weights and the crossover context in ``meta``
-    (``weights``, ``weight_dtype``, ``crossover_tokens``, ``max_position_embeddings``)."""
-    spec = load_spec(model)
-    kv = kv_cache(spec, seq_len, batch_size, kv_dtype, mla_form=mla_form)
-    w = weight_memory(spec, weight_dtype).total
-    meta = {**kv.meta, "model": spec.name, "weights": w, "weight_dtype": weight_dtype,
-            "crossover_tokens": kv_crossover_tokens(spec, kv.meta["batch_size"], weight_dtype, kv_dtype,
-                                                    mla_form),
-            "max_position_embeddings": spec.max_position_embeddings}
-    return replace(kv, meta=meta)
-
-
 def describe_kv(b: Breakdown) -> str:
     """Table of a KV Breakdown plus bytes per token, the share of the weights and the crossover."""
     m = b.meta
@@ -241,20 +203,6 @@ def describe_kv(b: Breakdown) -> str:
     return "\n".join(lines)
 
 
-def concurrency(model, gpu, seq_len, gpu_memory_utilization=0.9, weight_dtype="bf16", kv_dtype="bf16",
-                block_size=16) -> Breakdown:
-    """:func:`memlib.max_concurrency` on a GPU named in :data:`GPUS` (or given in bytes)."""
-    mem = GPUS[gpu] if isinstance(gpu, str) and gpu in GPUS else gpu
-    if isinstance(gpu, str) and gpu not in GPUS:
-        raise ValueError(f"gpu: unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
-    r = max_concurrency(model, seq_len, mem, gpu_memory_utilization, weight_dtype, kv_dtype,
-                        block_size=block_size)
-    name = gpu if isinstance(gpu, str) else f"{mem / GB:.0f} GB"
-    return replace(r, title=f"{load_spec(model).name} on {name}, {seq_len:,} tokens/request",
-                   meta={**r.meta, "gpu": name, "seq_len": seq_len, "gpu_memory_utilization": gpu_memory_utilization,
-                         "weight_dtype": weight_dtype, "kv_dtype": kv_dtype})
-
-
 def describe_concurrency(r: Breakdown) -> str:
     """Table of a concurrency Breakdown plus the number of requests and why."""
     m = r.meta
@@ -265,7 +213,8 @@ def describe_concurrency(r: Breakdown) -> str:
         lines.append(f"{m['requests']:,} requests of {m['seq_len']:,} tokens fit on {m['gpu']} "
                      f"({m['gpu_memory'] / GiB:,.2f} GiB = {m['gpu_memory'] / GB:,.2f} GB, "
                      f"{m['gpu_memory_utilization']:.0%} usable); "
-                     f"KV per request {m['kv_per_request'] / 2**20:,.1f} MiB in blocks of 16 tokens")
+                     f"KV per request {m['kv_per_request'] / 2**20:,.1f} MiB"
+                     + (f" in blocks of {m['block_size']} tokens" if m.get("block_size") else ""))
     return "\n".join(lines)
 
 

@@ -8,15 +8,14 @@ Three layers (DESIGN §3):
    :func:`plot_params_by_component`, :func:`plot_bits_per_param`;
 3. explorers: :func:`weights_explorer` and :func:`quantization_explorer`.
 
-Chapter 00's first budget lives here too: :func:`serving_breakdown` (weights + KV cache)
-and :func:`anatomy_explorer`.
+Chapter 00's first budget lives here too: :func:`anatomy_explorer` over
+:func:`memlib.serving.serving_breakdown` (weights + KV cache).
 
 ipywidgets and matplotlib are imported only inside the functions that need them.
 """
 from __future__ import annotations
 
 from ..breakdown import Breakdown
-from ..catalog import catalog_names
 from ..units import DTYPE_BITS, GB, GiB
 from ..weights import quantization_split, weight_formats, weight_memory
 
@@ -197,24 +196,6 @@ def quantization_explorer(model="Llama-3.1-8B", dtype: str = "gptq", group_size:
 
 
 # -- chapter 00: a first breakdown (weights + KV cache) ---------------------------------------
-def serving_breakdown(model, dtype: str = "bf16", kv_dtype: str = "bf16", batch_size: int = 1,
-                      seq_len: int = 8192) -> Breakdown:
-    """Weights plus KV cache of ``batch_size`` sequences of ``seq_len`` tokens (chapter 00).
-
-    ``weights = params × bytes(dtype)`` (chapter 01) and ``kv_cache = batch × seq_len ×
-    2 · n_layers · n_kv_heads · head_dim · bytes(kv_dtype)`` (chapter 02); activations and
-    overheads come later (chapters 03 and 07).
-    """
-    from ..kv_cache import kv_cache
-    w = weight_memory(model, dtype)
-    kv = kv_cache(model, seq_len=seq_len, batch_size=batch_size, kv_dtype=kv_dtype)
-    name = w.title.rsplit(" weights", 1)[0]
-    return Breakdown({"weights": w.total, "kv_cache": kv.total},
-                     title=f"{name}: {dtype} weights + {kv_dtype} KV, {batch_size} x {seq_len} tokens",
-                     meta={"params": w.meta["params"], "kv_bytes_per_token": kv.meta["bytes_per_token"],
-                           "batch_size": batch_size, "seq_len": seq_len})
-
-
 def anatomy_explorer(model="Llama-3.1-8B", dtype: str = "bf16", kv_dtype: str = "bf16",
                      batch_size: int = 8, seq_len: int = 8192):
     """Chapter 00: model × dtypes × users × context → weights + KV cache as one stacked bar.
@@ -236,5 +217,6 @@ def anatomy_explorer(model="Llama-3.1-8B", dtype: str = "bf16", kv_dtype: str = 
         plot_weight_bytes([b], ax, labels=[f"{b.meta['batch_size']} x {b.meta['seq_len']:,} tokens"])
         ax.set_ylabel("GiB")
 
+    from ..serving import serving_breakdown
     return Explorer(serving_breakdown, controls, plot=plot,
                     title="A first breakdown: weights + KV cache")

@@ -1,0 +1,91 @@
+"""The bridge from the bench to memlib's predictions (chapters 03, 04, 08).
+
+The bench measures transformers on the CPU under fake tensors; memlib predicts a GPU.
+Comparing the two takes three settings, and this module is the only place that knows
+them (scripts, tests and notebooks all call :func:`predict_like_bench` and
+:func:`excluded`):
+
+* the runtime is ``"transformers"`` (sliding caches keep the whole prefill, Falcon's
+  new decoder caches every head...);
+* a dropout mask on the CPU has the activation's dtype, not CUDA's one byte;
+* a point where the CPU ran SDPA's *math* path (the ``S × S`` matrix materialised, which
+  a GPU's fused kernel never does), or where the bench failed, is left out, with the
+  reason.
+
+Importing this module does not import torch.
+"""
+from __future__ import annotations
+
+from ..breakdown import Breakdown
+
+#: The bench's optimizer names -> memlib's.
+BENCH_OPTIMIZERS = {"adamw": "adamw", "sgd": "sgd_momentum"}
+KINDS = ("weights", "kv", "prefill", "train")
+
+
+def excluded(measured: dict) -> str | None:
+    """Why a measured point is left out of the accuracy statistics, or None to compare it."""
+    if "error" in measured:
+        return "bench error: " + str(measured["error"])[:80]
+    if measured.get("math_path"):
+        return "CPU math attention path (a GPU runs a fused kernel)"
+    return None
+
+
+def predict_like_bench(point: dict, kind: str = "train") -> Breakdown:
+    """memlib's prediction of a bench point, under the bench's settings (chapter 08).
+
+    ``point`` has ``model`` and, by ``kind``: ``dtype`` (weights), ``batch_size`` and
+    ``seq_len`` (kv, prefill, train), ``attention`` (prefill, train), ``precision``,
+    ``recompute`` and ``optimizer`` (train).  Returns the Breakdown of
+    :func:`memlib.weight_memory`, :func:`memlib.kv_cache`, :func:`memlib.inference_memory`
+    or :func:`memlib.train_memory`.
+    """
+    from ..inference import inference_memory
+    from ..kv_cache import kv_cache
+    from ..training import train_memory
+    from ..validation import choice
+    from ..weights import weight_memory
+    choice("kind", kind, KINDS)
+    m = point["model"]
+    if kind == "weights":
+        return weight_memory(m, point.get("dtype", "bf16"))
+    if kind == "kv":
+        return kv_cache(m, point["seq_len"], point["batch_size"], runtime="transformers")
+    if kind == "prefill":
+        return inference_memory(m, point["batch_size"], point["seq_len"], attention=point.get("attention", "sdpa"),
+                                runtime="transformers")
+    return train_memory(m, point["batch_size"], point["seq_len"], precision=point.get("precision", "bf16"),
+                        optimizer=BENCH_OPTIMIZERS[point.get("optimizer", "adamw")],
+                        recompute=point.get("recompute", "none"), attention=point.get("attention", "sdpa"),
+                        _bench_cpu=True)
+
+
+def measured_total(measured: dict, kind: str = "train") -> int:
+    """The bench's number that :func:`predict_like_bench`'s ``total`` predicts."""
+    if kind == "train":
+        return measured["train_peak"]
+    if kind == "prefill":
+        return measured["weights"] + measured["prefill_peak"]
+    if kind == "kv":
+        return measured["kv_cache"]
+    return measured["weights"]
+
+
+def compare(record: dict, kind: str = "train") -> dict:
+    """One stored bench record (``{"point", "measured"}``) against memlib: ``predicted``,
+    ``measured``, signed ``error`` (predicted / measured − 1), ``phase`` and
+    ``predicted_phase`` (train), or ``excluded`` with the reason."""
+    p, m = record["point"], record["measured"]
+    why = excluded(m)
+    if why:
+        return {"point": p, "excluded": why}
+    pred = predict_like_bench(p, kind)
+    meas = measured_total(m, kind)
+    out = {"point": p, "predicted": int(pred.total), "measured": int(meas),
+           "error": (int(pred.total) - meas) / meas}
+    if kind == "train":
+        out.update(phase=m["peak_phase"], predicted_phase=pred.peak_phase)
+    if kind == "prefill":
+        out["kv_error"] = int(pred["kv_cache"]) - m["kv_cache"]
+    return out
