@@ -28,7 +28,7 @@ arrays).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .params import layer_linear_params
 from .scenario import RECOMPUTE, Scenario, attention_used
@@ -39,15 +39,14 @@ from .validation import exact_sweeps
 BLOCKS = ("norms", "attention", "mlp", "autocast")
 
 
-@dataclass(frozen=True)
-class Saved:
+class Saved(NamedTuple):
     """One tensor autograd keeps for the backward (chapter 03).
 
     ``half``: ``"attn"`` or ``"mlp"``, the part of the layer whose backward frees it (the
     MLP's backward runs first).  ``axes``: symbolic axes (``("T", "q")``, ``("B", "nh",
     "S2")``).  ``needed_by``: the weights whose gradient is the only reason it is kept
     (``("o",)`` for o_proj's input, ``("norm",)`` for a norm's normalised tensor); empty
-    when the backward needs it anyway.
+    when the backward needs it anyway.  (A named tuple: a sweep builds many of them.)
     """
 
     name: str
@@ -65,10 +64,7 @@ def is_quadratic(t: Saved) -> bool:
 
 def total_bytes(tensors) -> object:
     """Bytes of a collection of :class:`Saved` records, ``Σ nbytes`` (a dict's values or a list; chapter 03)."""
-    out = 0
-    for t in (tensors.values() if isinstance(tensors, dict) else tensors):
-        out = out + t.nbytes
-    return out
+    return sum(t.nbytes for t in (tensors.values() if isinstance(tensors, dict) else tensors))
 
 
 def without_frozen(tensors: dict, trained: set) -> dict:
@@ -85,7 +81,7 @@ class _Layer:
         self.half = "attn"
 
     def put(self, name, nbytes, block, axes=(), needed_by=()):
-        self.out[name] = Saved(name, nbytes, block, self.half, tuple(axes), tuple(needed_by))
+        self.out[name] = Saved(name, nbytes, block, self.half, axes, needed_by)
 
     def drop(self, name):
         self.out.pop(name, None)
@@ -515,8 +511,8 @@ def saved_by_block(spec: ModelSpec, sc: Scenario) -> dict:
 
 def model_state_bytes(spec: ModelSpec, precision: str) -> int:
     """Bytes of the parameters in a step's precision (chapter 04): ``params × 2`` (bf16) or ``× 4`` (mixed)."""
-    from .params import count_params
-    return count_params(spec).total * (4 if precision == "mixed" else 2)
+    from .params import total_params
+    return total_params(spec) * (4 if precision == "mixed" else 2)
 
 
 @exact_sweeps("batch_size", "seq_len")

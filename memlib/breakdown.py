@@ -27,9 +27,12 @@ from .units import GB, GiB, fmt_bytes
 
 #: The kinds of memory a component can be (DESIGN §3).
 KINDS = ("model_state", "activation", "kv", "transient", "overhead")
+_KIND_SET = frozenset(KINDS)
 
 
 def _as_bytes(v):
+    if type(v) is int:
+        return v
     if isinstance(v, np.ndarray):
         return v.astype(np.int64)
     return int(v)
@@ -78,16 +81,17 @@ class Breakdown:
         object.__setattr__(self, "components", comps)
         kinds = self.kinds
         if isinstance(kinds, str):
+            if kinds not in _KIND_SET:
+                raise ValueError(f"Breakdown: kind {kinds!r} is not one of {', '.join(KINDS)}")
             kinds = dict.fromkeys(comps, kinds)
         else:
-            kinds = dict(kinds)
             missing = [k for k in comps if k not in kinds]
             if missing:
                 raise ValueError(f"Breakdown: components without a kind: {missing}; kinds: {', '.join(KINDS)}")
             kinds = {k: kinds[k] for k in comps}
-        for k, kind in kinds.items():
-            if kind not in KINDS:
-                raise ValueError(f"Breakdown: kind {kind!r} of {k!r} is not one of {', '.join(KINDS)}")
+            bad = [k for k, kind in kinds.items() if kind not in _KIND_SET]
+            if bad:
+                raise ValueError(f"Breakdown: kind {kinds[bad[0]]!r} of {bad[0]!r} is not one of {', '.join(KINDS)}")
         object.__setattr__(self, "kinds", kinds)
         if self.phases is not None:
             object.__setattr__(self, "phases", {k: _as_bytes(v) for k, v in self.phases.items()})

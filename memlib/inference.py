@@ -17,7 +17,7 @@ from .scenario import Scenario, attention_used, check_seq_len
 from .spec import load_spec
 from .units import canonical_dtype, dtype_bytes
 from .validation import exact_sweeps, positive_int
-from .weights import weight_memory
+from .params import total_params
 
 
 @exact_sweeps("batch_size", "seq_len")
@@ -38,7 +38,7 @@ def inference_memory(model, batch_size, seq_len, dtype: str = "bf16", kv_dtype: 
     dtype = canonical_dtype(dtype, "dtype", allowed=("fp32", "fp16", "bf16"))
     kv_dtype = dtype if kv_dtype is None else kv_dtype
     sc = Scenario(batch_size, seq_len, "bf16", attention, runtime=runtime)
-    weights = weight_memory(spec, dtype).total
+    weights = total_params(spec) * int(dtype_bytes(dtype))       # = weight_memory(spec, dtype).total
     kv = kv_cache(spec, seq_len, batch_size, kv_dtype, runtime=runtime).total
     cands = prefill_transients(spec, sc, int(dtype_bytes(dtype)))
     if np.ndim(kv) == 0:

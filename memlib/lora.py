@@ -175,7 +175,7 @@ def lora_fit(model, gpu="RTX 4090 24GB", batch_size: int = 1, seq_len: int = 204
     from dataclasses import replace
 
     from .hardware import gpu_bytes
-    from .params import count_params
+    from .params import total_params
     from .units import GB
     mem = gpu_bytes(gpu)
     spec = load_spec(model)
@@ -185,4 +185,4 @@ def lora_fit(model, gpu="RTX 4090 24GB", batch_size: int = 1, seq_len: int = 204
     name = gpu if isinstance(gpu, str) else f"{mem / GB:.1f} GB"
     return replace(r, meta={**r.meta, "model": spec.name, "gpu": name, "gpu_memory": mem,
                             "fits": bool(r.total <= mem), "margin": int(mem - r.total),
-                            "params": count_params(spec).total})
+                            "params": total_params(spec)})

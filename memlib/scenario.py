@@ -38,7 +38,7 @@ PHASES = ("forward", "backward", "step")
 def check_seq_len(spec, seq_len, field: str = "seq_len"):
     """Validate ``seq_len`` (int or array) against the model's ``max_position_embeddings`` (chapter 02)."""
     seq_len = positive_int(field, seq_len)
-    biggest = int(np.max(seq_len))
+    biggest = int(np.max(seq_len)) if isinstance(seq_len, np.ndarray) else seq_len
     if biggest > spec.max_position_embeddings:
         raise ValueError(f"{field}: {biggest} is beyond {spec.name}'s max_position_embeddings "
                          f"= {spec.max_position_embeddings}")

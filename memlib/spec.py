@@ -12,7 +12,7 @@ Every field is validated (:mod:`memlib.config_reader`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Callable
 
@@ -116,6 +116,14 @@ class ModelSpec:
     @property
     def num_sliding_layers(self) -> int:
         return sum(t == "sliding" for t in self.layer_types)
+
+    def __hash__(self):
+        # every estimate caches on the spec: hash its fields once, not on every call
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in fields(self) if f.compare))
+            object.__setattr__(self, "_hash", h)
+        return h
 
     def describe(self) -> dict:
         """The identity of this spec in a few JSON-ready facts (the CLI's catalog rows)."""

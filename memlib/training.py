@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from .activations import (causal_mask_bytes, is_quadratic, layer_tensors, model_
                           without_frozen)
 from .breakdown import Breakdown
 from .optimizers import optimizer_state_bytes
-from .params import count_params, layer_params, linear_bias_params, linear_layers
+from .params import count_params, layer_params, linear_bias_params, linear_layers, total_params
 from .scenario import PHASES, Scenario, attention_used, check_seq_len
 from .spec import ModelSpec, load_spec
 from .validation import choice, exact_sweeps, positive_int
@@ -115,12 +116,12 @@ class Stage:
         return self
 
 
-@dataclass(frozen=True)
-class Mark:
+class Mark(NamedTuple):
     """The live bytes at one moment of a training step (chapter 04).
 
     ``phase`` (forward, backward, step) and ``label`` name the moment; ``layer`` and
     ``part`` (``"mlp"``/``"attention"``) locate it inside a layer where it is one.
+    (A named tuple: a sweep builds many of them.)
     """
 
     phase: str
@@ -254,12 +255,11 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     emb_grads = x.grads_embedding if st.has_embedding else 0
     accum = head_grads + layer_grads + emb_grads if grad_accum > 1 else 0
     new = 0 if grad_accum > 1 else 1            # accumulating: gradients are added in place
-    resident = dict(weights=x.weights, optimizer=x.optimizer)
+    w, o = x.weights, x.optimizer
     marks = []
 
     def mark(phase, label, g, c, a, t, layer=None, part=None):
-        marks.append(Mark(phase, label, gradients=g, autocast_cache=c, activations=a, transient=t,
-                          layer=layer, part=part, **resident))
+        marks.append(Mark(phase, label, w, o, g, c, a, t, layer, part))
 
     # -- forward: each layer's tensors exist while it runs; it keeps `kept`
     acts, cache = pre + kept_mask, 0
@@ -289,7 +289,7 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     for m, a, b in reversed(runs):
         back = full[m] - kept[m]                    # with recompute, the layer's tensors come back
         mlp_t = dh + back + x.backward_mlp_extra[m]
-        attn_t = dh + (max(back + attn_extra[m], 0) if np.ndim(back) == 0 else np.maximum(back + attn_extra[m], 0))
+        attn_t = dh + (np.maximum(back + attn_extra[m], 0) if isinstance(back, np.ndarray) else max(back + attn_extra[m], 0))
         for i in sorted({b - 1, a}, reverse=True):  # the two ends of the run
             k = b - 1 - i
             g, ac = grads + k * gl[m] * new, acts - k * kept[m]
@@ -318,18 +318,21 @@ def summarize(marks, title: str, meta: dict) -> Breakdown:
     """
     totals = [(mk.phase, mk.label, mk.total) for mk in marks]
     meta = dict(meta, timeline=totals, marks=marks)
-    if np.ndim(meta["batch_size"]) == 0 and np.ndim(meta["seq_len"]) == 0:
-        best_of = {ph: max((i for i, mk in enumerate(marks) if mk.phase == ph), key=lambda i: totals[i][2])
-                   for ph in PHASES if any(mk.phase == ph for mk in marks)}
-        best = max(range(len(totals)), key=lambda i: totals[i][2])
+    if not isinstance(meta["batch_size"], np.ndarray) and not isinstance(meta["seq_len"], np.ndarray):
+        best_of: dict = {}                      # phase -> index of its largest mark (the first on ties)
+        for i, (ph, _, v) in enumerate(totals):
+            j = best_of.get(ph)
+            if j is None or v > totals[j][2]:
+                best_of[ph] = i
+        best = max(best_of.values(), key=lambda i: (totals[i][2], -i))
         peak = marks[best]
 
         def comps(mk):
-            return {k: int(v) for k, v in mk.components.items() if v or k in ("weights", "optimizer")}
+            return {k: int(v) for k, v in zip(COMPONENTS, mk[2:8]) if v or k in ("weights", "optimizer")}
         components = comps(peak)
         return Breakdown(components, title=title, kinds={k: KINDS[k] for k in components},
-                         phases={ph: int(totals[i][2]) for ph, i in best_of.items()},
-                         phase_components={ph: comps(marks[i]) for ph, i in best_of.items()},
+                         phases={ph: int(totals[best_of[ph]][2]) for ph in PHASES if ph in best_of},
+                         phase_components={ph: comps(marks[best_of[ph]]) for ph in PHASES if ph in best_of},
                          peak_phase=peak.phase, peak_at=peak.label, meta=meta)
     # vectorised: the peak and its phase per grid point
     phases = {ph: _max([v for q, _, v in totals if q == ph]) for ph in PHASES}
@@ -396,12 +399,12 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     if not whole:
         cache = (head_cache if st.has_head else 0) + sum(layer_cache[m] for m in spec.moe_layers[st.first:st.last])
     if whole:
-        weights = count_params(spec).total * p
+        weights = total_params(spec) * p
         opt = optimizer_state_bytes(spec, optimizer, state_bytes=p)
     else:
         n = _stage_params(spec, st)
         weights = n * p
-        opt = optimizer_state_bytes(spec, optimizer, state_bytes=p) * n // count_params(spec).total
+        opt = optimizer_state_bytes(spec, optimizer, state_bytes=p) * n // total_params(spec)
     inputs = StepInputs(
         weights=weights, optimizer=opt,
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
@@ -442,7 +445,7 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
             "attention": attention_used(spec, attention), "grad_accum": grad_accum, "runtime": runtime,
             "batch_size": batch_size, "seq_len": seq_len, "activations_saved": saved,
             "autocast_cache": inputs.autocast_cache, "optimizer_state": inputs.optimizer,
-            "params": count_params(spec).total}
+            "params": total_params(spec)}
     title = (f"{spec.name} train step, b={batch_size} s={seq_len} {precision} {optimizer} "
              f"recompute={recompute}")
     return summarize(marks, title, meta)
@@ -466,7 +469,7 @@ def state_bytes(model, precision: str = "mixed", optimizer: str = "adamw") -> Br
     from .scenario import PRECISIONS
     choice("precision", precision, PRECISIONS)
     spec = load_spec(model)
-    P = count_params(spec).total
+    P = total_params(spec)
     p = 4 if precision == "mixed" else 2
     comps = {"weights": P * p, "gradients": P * p,
              "optimizer": optimizer_state_bytes(spec, optimizer, state_bytes=p)}
