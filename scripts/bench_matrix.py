@@ -83,6 +83,26 @@ def prefill_points(models):
                 yield {"model": m, "batch_size": b, "seq_len": s, "attention": att}
 
 
+NEW_SHAPES = ((1024, 2), (4096, 1))
+
+
+def priority(kind: str, p: dict) -> int:
+    """Which points run first (0 = first): what the bench's corrections (AMP scope, MoE mixed,
+    GPT-2 mixed + full recompute) and issue 10's new shapes and implementations change;
+    then the rest of the new grid; last the bf16 and prefill points of the old grid, which
+    none of those corrections touch."""
+    new_shape = (p["seq_len"], p["batch_size"]) in NEW_SHAPES
+    if kind == "prefill":
+        return 0 if new_shape else 3
+    if p.get("optimizer_impl", "loop") != "loop" or p.get("optimizer", "adamw") != "adamw":
+        return 0
+    if p["attention"] == "sdpa" and (new_shape or p["precision"] == "mixed"):
+        return 0 if p["precision"] == "mixed" or new_shape else 1
+    if new_shape or p["precision"] == "mixed":
+        return 1
+    return 2
+
+
 def key(p: dict) -> str:
     """The identity of a point: its knobs (a train point without optimizer fields is AdamW loop)."""
     if "precision" in p:
@@ -152,12 +172,17 @@ def main():
         path = out / f"{kind}.jsonl"
         done = {key(json.loads(line)["point"]) for line in path.read_text().splitlines()} if path.exists() else set()
         todo += [(kind, p) for p in gen(models) if key(p) not in done]
-    # round-robin over models, smallest batch x sequence first (prefill before train at a
-    # size), so an interrupted run still covers every model; the script resumes
-    by_model: dict = {}
-    for kind, p in sorted(todo, key=lambda kp: (kp[1]["seq_len"] * kp[1]["batch_size"], kp[0])):
-        by_model.setdefault(p["model"], []).append((kind, p))
-    todo = [kp for group in itertools.zip_longest(*by_model.values()) for kp in group if kp]
+    # by priority; within one, round-robin over models, smallest batch x sequence first
+    # (prefill before train at a size), so an interrupted run still covers every model;
+    # the script resumes
+    ordered = []
+    for prio in sorted({priority(*kp) for kp in todo}):
+        by_model: dict = {}
+        for kind, p in sorted((kp for kp in todo if priority(*kp) == prio),
+                              key=lambda kp: (kp[1]["seq_len"] * kp[1]["batch_size"], kp[0])):
+            by_model.setdefault(p["model"], []).append((kind, p))
+        ordered += [kp for group in itertools.zip_longest(*by_model.values()) for kp in group if kp]
+    todo = ordered
     print(f"{len(todo)} points to measure", file=sys.stderr)
     if args.list:
         return

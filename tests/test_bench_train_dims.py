@@ -206,6 +206,15 @@ def test_memtracker_agrees(cfg, kw):
     assert set(r["memtracker_categories"]["step"]) >= {"parameters", "optimizer_state"}
 
 
+def test_memtracker_without_module_stats_counts_the_same():
+    """The cross-check drops MemTracker's per-module peak bookkeeping (for speed); the device
+    totals must equal those of the unchanged MemTracker."""
+    kw = dict(precision="mixed", recompute="full", standalone=False)
+    fast = crosscheck_train(TINY_LLAMA, 2, 16, **kw)
+    full = crosscheck_train(TINY_LLAMA, 2, 16, module_stats=True, **kw)
+    assert fast["memtracker"] == full["memtracker"] and fast["memtracker_categories"] == full["memtracker_categories"]
+
+
 # -- provenance -------------------------------------------------------------------------------------------
 def test_error_records_state_versions():
     import importlib.util
@@ -240,3 +249,18 @@ def test_counter_survives_address_reuse(fake):
                 del x
     assert len(c.records) == 500 and c.live_bytes == 0 and c.peak == 40
     assert len(addresses) < 500            # addresses were reused
+
+
+# -- command line ------------------------------------------------------------------------------------------
+def test_cli_optimizer_impl(tmp_path, capsys):
+    import json
+    from memlib.cli import main
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY_LLAMA))
+    argv = ["measure", str(path), "--scenario", "train", "--batch-size", "1", "--seq-len", "8", "--quiet", "--json"]
+    assert main(argv + ["--optimizer-impl", "fused"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["optimizer_impl"] == "fused" and data["optimizer"] == "adamw"
+    assert data["start_of_backward"] == data["end_of_forward"]           # bf16: no autocast cache
+    with pytest.raises(SystemExit):
+        main(argv + ["--optimizer-impl", "apex"])

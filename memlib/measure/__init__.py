@@ -143,7 +143,7 @@ def versions() -> dict:
 
 def crosscheck_train(model, batch_size: int, seq_len: int, precision: str = "bf16", recompute: str = "none",
                      attention: str = "sdpa", optimizer: str = "adamw", *, optimizer_impl: str = "foreach",
-                     autocast_policy: str = "cuda", standalone: bool = True):
+                     autocast_policy: str = "cuda", standalone: bool = True, module_stats: bool = False):
     """The bench's training step measured twice at once: by the bench and by PyTorch's MemTracker.
 
     Returns ``{"bench": {phase: bytes}, "memtracker": {phase: bytes}, "difference": ...,
@@ -154,7 +154,8 @@ def crosscheck_train(model, batch_size: int, seq_len: int, precision: str = "bf1
     require_torch()
     from .crosscheck import crosscheck_train as run
     return run(model, batch_size, seq_len, precision, recompute, attention, optimizer,
-               optimizer_impl=optimizer_impl, autocast_policy=autocast_policy, standalone=standalone)
+               optimizer_impl=optimizer_impl, autocast_policy=autocast_policy, standalone=standalone,
+               module_stats=module_stats)
 
 
 def autocast_policy_diff():

@@ -50,9 +50,26 @@ CATEGORY_NAMES = {"Parameter": "parameters", "Buffer": "buffers", "Gradient": "g
 PHASES = ("forward", "backward", "step")
 
 
-def _memtracker():
-    from torch.distributed._tools.mem_tracker import MemTracker
-    return MemTracker
+def _memtracker(module_stats: bool = False):
+    """MemTracker (``module_stats=True``: unchanged) or MemTracker minus its per-module peak bookkeeping (the device totals are untouched).
+
+    ``MemTracker._update_peak_stats`` runs after every op: it walks every module seen so
+    far to update module-wise peaks, then updates the device peak.  The walk makes a
+    catalog model's step take many minutes and plays no part in the device totals, so the
+    subclass keeps only the device part, the same lines as MemTracker's own second loop.
+    """
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
+    if module_stats:
+        return MemTracker
+
+    class DeviceMemTracker(MemTracker):
+        def _update_peak_stats(self, peak_state) -> None:
+            for dev, dev_snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < dev_snap[_TOTAL_KEY]:
+                    self._peak_mem[dev] = dev_snap[_TOTAL_KEY]
+                    self._peak_mem_snap[dev] = copy.deepcopy(dev_snap)
+
+    return DeviceMemTracker
 
 
 def _device_snap(snap: dict) -> dict:
@@ -75,8 +92,8 @@ class PhasedMemTracker:
     bytes.  After the window: ``peaks[phase]`` and ``categories[phase]``.
     """
 
-    def __init__(self):
-        self.mt = _memtracker()()
+    def __init__(self, module_stats: bool = False):
+        self.mt = _memtracker(module_stats)()
         self.peaks: dict[str, int] = {}
         self.categories: dict[str, dict] = {}
         self.current_phase = None
@@ -141,7 +158,7 @@ class _InputWatch:
 
 def crosscheck_train(model, batch_size, seq_len, precision="bf16", recompute="none", attention="sdpa",
                      optimizer="adamw", *, optimizer_impl="foreach", autocast_policy="cuda",
-                     standalone=True) -> dict:
+                     standalone=True, module_stats=False) -> dict:
     """Bench and MemTracker on the same training step: peak per phase, difference, cause.
 
     ``difference[phase] = memtracker[phase] - bench[phase] - explained[phase]``; the
@@ -150,10 +167,12 @@ def crosscheck_train(model, batch_size, seq_len, precision="bf16", recompute="no
     docstring).  ``memtracker_categories[phase]`` is MemTracker's split at that phase's
     peak.  With ``standalone=True``, ``bench_alone`` is the bench run without MemTracker
     and ``bench_unchanged`` says whether it equals the bench inside the joint run.
+    ``module_stats=True`` runs MemTracker unchanged, module-wise peaks included (many times
+    slower; the device totals are the same, see :func:`_memtracker`).
     """
     from . import scenarios
 
-    tracker = PhasedMemTracker()
+    tracker = PhasedMemTracker(module_stats)
     watch = _InputWatch(tracker)
     orig_input_ids = scenarios.Session.input_ids
 
@@ -185,6 +204,7 @@ def crosscheck_train(model, batch_size, seq_len, precision="bf16", recompute="no
         "bench_peak": int(joint.meta["train_peak"]), "memtracker_peak": max(mem.values()),
         "explained": explained, "explained_causes": causes, "difference": diff,
         "agree": all(v == 0 for v in diff.values()),
+        "memtracker_module_stats": bool(module_stats),
         "memtracker_categories": tracker.categories,
         "bench_components": {p: dict(c) for p, c in joint.meta["phase_components"].items()},
         "attention": joint.meta["attention"], "attention_kernel": joint.meta["attention_kernel"],
