@@ -154,6 +154,26 @@ def run_point(args):
     return kind, p, res
 
 
+def status(out, models, todo):
+    """Measured, failed and missing points of the matrix in ``out``."""
+    from collections import Counter
+    wanted = {"prefill": {key(p) for p in prefill_points(models)}, "train": {key(p) for p in train_points(models)}}
+    for kind in ("prefill", "train"):
+        path = out / f"{kind}.jsonl"
+        recs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        recs = [r for r in recs if key(r["point"]) in wanted[kind]]
+        errors = [r for r in recs if "error" in r["measured"]]
+        print(f"{kind}: {len(wanted[kind])} points, {len(recs)} measured ({len(errors)} errors), "
+              f"{len(wanted[kind]) - len(recs)} missing")
+        for msg, n in Counter(r["measured"]["error"][:120] for r in errors).most_common():
+            print(f"  error x{n}: {msg}")
+    missing = Counter((kind, priority(kind, p)) for kind, p in todo)
+    for (kind, prio), n in sorted(missing.items()):
+        print(f"missing {kind} priority {prio}: {n}")
+    for kind, p in todo:
+        print("  missing", kind, key(p))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=1)
@@ -161,6 +181,7 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--out", default=str(OUT), help="folder of train.jsonl / prefill.jsonl (default data/bench)")
     ap.add_argument("--list", action="store_true", help="print the number of points to measure and exit")
+    ap.add_argument("--status", action="store_true", help="print measured / failed / missing points and exit")
     args = ap.parse_args()
     models = args.models.split(",")
     out = Path(args.out)
@@ -184,6 +205,9 @@ def main():
         ordered += [kp for group in itertools.zip_longest(*by_model.values()) for kp in group if kp]
     todo = ordered
     print(f"{len(todo)} points to measure", file=sys.stderr)
+    if args.status:
+        status(out, models, todo)
+        return
     if args.list:
         return
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=20) as pool:
