@@ -27,8 +27,16 @@ softmax passes ``dtype=torch.float32``.
 :class:`CudaAutocastPolicy` is a ``TorchFunctionMode`` that, while CPU autocast is on,
 applies the CUDA-only policies above at the Python level (above autograd, so the
 backward sees the same dtypes as on a GPU).  The bench uses it for ``precision="mixed"``
-on the CPU unless told otherwise; ``meta["autocast_emulated"]`` counts the calls it
-changed.
+on the CPU unless told otherwise, around the forward only (where autocast is);
+``meta["autocast_emulated"]`` counts the calls it changed.
+
+Recomputation: ``torch.utils.checkpoint`` re-enters the forward's autocast state while it
+recomputes a checkpointed layer in the backward (``recompute_fn`` in
+``torch/utils/checkpoint.py``), so on a GPU the recomputed ops get CUDA's op list again.
+A ``TorchFunctionMode`` entered around the forward is not active there (the autograd
+engine does not carry Python function modes), so the bench hands a second instance to
+the checkpoint as its ``context_fn`` recompute context; it acts only while the restored
+autocast is on.  ``meta["autocast_emulated_recompute"]`` counts its changes.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ JSON keys (a contract):
   ``attention_kernel``, ``components``;
 * train: ``train_peak``, ``phase_peak`` (bytes by phase), ``peak_phase``, ``attention``
   (the one actually used), ``components``, plus ``total``, ``end_of_forward``,
-  ``attention_kernel``, ``math_path``, ``sdpa_fallback``.
+  ``start_of_backward`` (after autocast was left), ``precision``, ``recompute``,
+  ``optimizer``, ``optimizer_impl``, ``attention_kernel``, ``math_path``, ``sdpa_fallback``.
 
 Both also carry ``model``, ``scenario``, ``device``, ``torch`` and ``transformers``.
 Importing this module does not import torch.
@@ -46,8 +47,12 @@ def add_parser(subparsers):
     sp.add_argument("--recompute", default="none", choices=("none", "full"))
     sp.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"))
     sp.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    sp.add_argument("--optimizer-impl", default="foreach", choices=("loop", "foreach", "fused"),
+                    help="train: foreach (default, what PyTorch picks on CUDA), loop (foreach=False) "
+                         "or fused (fused=True)")
     sp.add_argument("--autocast-policy", default="cuda", choices=("cuda", "cpu"),
-                    help="mixed precision on the CPU: emulate CUDA autocast's op list (default) or not")
+                    help="mixed precision on the CPU: emulate CUDA autocast's op list (default) or not; "
+                         "mixed precision runs the forward under autocast, the backward outside it")
     sp.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                     help="cpu: fake tensors (default); cuda: a real run on the GPU")
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -68,7 +73,10 @@ def payload(result) -> dict:
                "prefill_peak": int(m["prefill_peak"]), **common}
     else:
         out = {"train_peak": int(m["train_peak"]), "phase_peak": {k: int(v) for k, v in result.phases.items()},
-               "peak_phase": result.peak_phase, "end_of_forward": m.get("end_of_forward"), **common}
+               "peak_phase": result.peak_phase, "end_of_forward": m.get("end_of_forward"),
+               "start_of_backward": m.get("start_of_backward"), "precision": m.get("precision"),
+               "recompute": m.get("recompute"), "optimizer": m.get("optimizer"),
+               "optimizer_impl": m.get("optimizer_impl"), **common}
     out["torch"], out["transformers"] = m.get("torch"), m.get("transformers")
     if "cuda" in m:
         out["cuda"] = m["cuda"]
@@ -86,6 +94,7 @@ def run(args) -> int:
     else:
         res = measure_train(args.model, args.batch_size, args.seq_len, precision=args.precision,
                             recompute=args.recompute, attention=args.attention, optimizer=args.optimizer,
+                            optimizer_impl=getattr(args, "optimizer_impl", "foreach"),
                             device=args.device, verbose=verbose,
                             autocast_policy=getattr(args, "autocast_policy", "cuda"))
     data = payload(res)

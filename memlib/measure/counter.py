@@ -23,6 +23,15 @@ a size but no memory), which is why a fake measurement equals a real one on the 
 It counts exact ``nbytes``; a CUDA caching allocator rounds every block up to 512
 bytes and keeps freed blocks reserved, which the GPU path reports separately.
 
+PyTorch's ``torch.distributed._tools.mem_tracker.MemTracker`` counts the same way
+(storages, once each, weak references for the frees), and :mod:`memlib.measure.crosscheck`
+runs both on the same step: they agree to the byte except for one difference by design --
+MemTracker starts counting a storage made before it started (the input batch) as soon as
+an op returns a view of it; this counter never does.  A storage's identity here is the
+address of its ``StorageImpl``; the address of a dead storage can be reused, which is
+safe because the weak-reference callback removes the dead one before the allocator can
+hand its memory out again.
+
 Every allocation and free is an *event*; the counter keeps the live total after every
 event, the peak of each phase (the caller names phases with :meth:`set_phase`) and,
 for the moment of the peak, which records were live, so the peak can be split into

@@ -16,6 +16,8 @@ from ..breakdown import Breakdown
 from ..validation import choice, positive_int
 from .build import build_model, clean_config, hf_config, torch_dtype
 from .counter import StorageCounter, unique_storage_bytes
+from .fake_kernels import PATCHES as FAKE_PATCHES
+from .optim import DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS, OPTIMIZERS, impl_flags, make_optimizer
 
 # -- which attention kernel ran ------------------------------------------------------------
 FUSED_KERNELS = {
@@ -79,7 +81,8 @@ def _progress(msg, verbose):
         print(msg, file=sys.stderr, flush=True)
 
 
-def _versions():
+def versions() -> dict:
+    """``{"torch": ..., "transformers": ...}``: the versions every bench record states."""
     import transformers
     return {"torch": torch.__version__, "transformers": transformers.__version__}
 
@@ -158,7 +161,9 @@ class Session:
         self.stack.enter_context(_quiet_transformers())
         if self.fake:
             from torch._subclasses.fake_tensor import FakeTensorMode
+            from .fake_kernels import grouped_mm_meta_accepts_real_dtypes
             self.stack.enter_context(_eager_mask_path())
+            self.stack.enter_context(grouped_mm_meta_accepts_real_dtypes())
             self.stack.enter_context(FakeTensorMode())
         self.cuda_before = None
         self.cuda_window_start = None
@@ -233,15 +238,15 @@ class Session:
 
     def meta(self, attention_requested):
         notes = list(self.config_changes)
-        mt = self.model.config.model_type
         nextn = getattr(self.config, "num_nextn_predict_layers", None)
         if nextn:
             notes.append(f"num_nextn_predict_layers={nextn} (MTP) not built: transformers builds "
                          f"num_hidden_layers only")
-        return {"model": self.name, "model_type": mt, "device": self.device if not self.fake else "cpu (fake tensors)",
+        return {"model": self.name, "architecture": type(self.model).__name__, "device": self.device if not self.fake else "cpu (fake tensors)",
                 "fake": self.fake, "attention_requested": attention_requested,
                 "attention": self.attention, "sdpa_fallback": self.sdpa_fallback,
-                "config_changes": notes, **_versions()}
+                "config_changes": notes, "fake_kernel_patches": list(FAKE_PATCHES) if self.fake else [],
+                **versions()}
 
 
 # -- scenarios ------------------------------------------------------------------------------
@@ -327,14 +332,8 @@ def measure_prefill(model, batch_size, seq_len, dtype="bf16", attention="sdpa", 
 
 PRECISIONS = ("bf16", "mixed")
 RECOMPUTE = ("none", "full")
-OPTIMIZERS = ("adamw", "sgd")
 PHASES = ("forward", "backward", "step")
-
-
-def _optimizer(name, params):
-    if name == "adamw":
-        return torch.optim.AdamW(params, foreach=False)
-    return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=False)
+AUTOCAST_POLICIES = ("cuda", "cpu")
 
 
 def _opt_state_tensors(opt):
@@ -344,39 +343,61 @@ def _opt_state_tensors(opt):
     return out
 
 
-AUTOCAST_POLICIES = ("cuda", "cpu")
+class _NoObserver:
+    """The default observer of a training run: sees nothing (see :mod:`memlib.measure.crosscheck`)."""
+
+    def window(self, model, opt):
+        return contextlib.nullcontext()
+
+    def phase(self, name):
+        pass
 
 
 def measure_train(model, batch_size, seq_len, precision="bf16", recompute="none", attention="sdpa",
-                  optimizer="adamw", *, device="cpu", fake=True, verbose=False,
-                  timeline_points=400, autocast_policy="cuda") -> Breakdown:
+                  optimizer="adamw", *, optimizer_impl=DEFAULT_OPTIMIZER_IMPL, device="cpu", fake=True,
+                  verbose=False, timeline_points=400, autocast_policy="cuda", observer=None) -> Breakdown:
+    """See :func:`memlib.measure.measure_train`.
+
+    ``observer`` (internal, used by :mod:`memlib.measure.crosscheck`): an object with
+    ``window(model, opt)`` (a context manager entered around the measured second step,
+    after the counter's window opened) and ``phase(name)`` (called whenever the
+    counter's phase changes inside that window).
+    """
     batch_size = positive_int("batch_size", batch_size)
     seq_len = positive_int("seq_len", seq_len)
     choice("precision", precision, PRECISIONS)
     choice("recompute", recompute, RECOMPUTE)
     choice("attention", attention, ("sdpa", "eager"))
     choice("optimizer", optimizer, OPTIMIZERS)
+    choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
     choice("autocast_policy", autocast_policy, AUTOCAST_POLICIES)
+    observer = observer or _NoObserver()
     tdt = torch.bfloat16 if precision == "bf16" else torch.float32
     with Session(model, tdt, attention, device=device, fake=fake, verbose=verbose) as s:
         m = s.model
         m.train()
-        ckpt = None
-        if recompute == "full":
-            enable = getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable
-            enable()
-            ckpt = "torch.utils.checkpoint (use_reentrant=False) on every decoder layer"
-        params = [p for p in m.parameters() if p.requires_grad]
-        opt = _optimizer(optimizer, params)
-        ids = s.input_ids(batch_size, seq_len)        # allocated before counting
-        counter = s.counter()
         dev_type = "cuda" if s.device == "cuda" else "cpu"
-
         emulate = precision == "mixed" and dev_type == "cpu" and autocast_policy == "cuda"
-        policy = None
+        policy = recompute_policy = None
         if emulate:
             from .autocast import CudaAutocastPolicy
             policy = CudaAutocastPolicy(dev_type)
+            recompute_policy = CudaAutocastPolicy(dev_type)
+        ckpt = None
+        if recompute == "full":
+            enable = getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable
+            ckpt_kwargs = {"use_reentrant": False}
+            if recompute_policy is not None:
+                # torch.utils.checkpoint re-enters the forward's autocast state for the
+                # recomputation; the emulated CUDA op list must follow it (a
+                # TorchFunctionMode is not active inside the autograd engine)
+                ckpt_kwargs["context_fn"] = lambda: (contextlib.nullcontext(), recompute_policy)
+            enable(ckpt_kwargs)
+            ckpt = "torch.utils.checkpoint (use_reentrant=False) on every decoder layer"
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = make_optimizer(optimizer, params, optimizer_impl)
+        ids = s.input_ids(batch_size, seq_len)        # allocated before counting
+        counter = s.counter()
 
         @contextlib.contextmanager
         def autocast():
@@ -386,37 +407,53 @@ def measure_train(model, batch_size, seq_len, precision="bf16", recompute="none"
             with torch.autocast(dev_type, dtype=torch.bfloat16), (policy or contextlib.nullcontext()):
                 yield
 
-        end_of_forward = None
-        loss_val = None
+        end_of_forward = start_of_backward = None
+        eof_t = sob_t = 0
+        last_loss = None
         t0 = time.perf_counter()
         with counter:
             for step in (1, 2):
-                _progress(f"train step {step}/2 (batch={batch_size} seq={seq_len} {precision})...", verbose)
-                if step == 2:
-                    gc.collect()
-                    counter.reset_peak()
-                    s.reset_device_peak()
-                counter.set_phase("forward")
-                with autocast():
-                    loss = m(input_ids=ids, labels=ids, use_cache=False).loss
-                    if step == 2:
-                        end_of_forward, eof_t = counter.live_bytes, counter.t
-                    counter.set_phase("backward")
+                _progress(f"train step {step}/2 (batch={batch_size} seq={seq_len} {precision} "
+                          f"{optimizer}/{optimizer_impl})...", verbose)
+                with contextlib.ExitStack() as window:
+                    watching = step == 2
+                    if watching:
+                        gc.collect()
+                        counter.reset_peak()
+                        s.reset_device_peak()
+                        window.enter_context(observer.window(m, opt))
+
+                    def phase(name):
+                        counter.set_phase(name)
+                        if watching:
+                            observer.phase(name)
+
+                    phase("forward")
+                    with autocast():          # the forward only (PyTorch AMP recipe, accelerate, HF Trainer)
+                        loss = m(input_ids=ids, labels=ids, use_cache=False).loss
+                        if watching:
+                            end_of_forward, eof_t = counter.live_bytes, counter.t
+                    # leaving autocast cleared its cache of bf16 weight copies: only those
+                    # that autograd saved are still alive
+                    if watching:
+                        start_of_backward, sob_t = counter.live_bytes, counter.t
+                    phase("backward")
                     loss.backward()
-                counter.categorize([p.grad for p in params if p.grad is not None], "gradients")
-                counter.set_phase("step")
-                opt.step()
-                counter.categorize(_opt_state_tensors(opt), "optimizer")
-                counter.categorize([p.grad for p in params if p.grad is not None], "gradients")
-                opt.zero_grad(set_to_none=True)
-                if step == 2:
-                    last_loss = loss.detach()          # a view: no new storage
-                del loss
+                    counter.categorize([p.grad for p in params if p.grad is not None], "gradients")
+                    phase("step")
+                    opt.step()
+                    counter.categorize(_opt_state_tensors(opt), "optimizer")
+                    counter.categorize([p.grad for p in params if p.grad is not None], "gradients")
+                    opt.zero_grad(set_to_none=True)
+                    if watching:
+                        last_loss = loss.detach()          # a view: no new storage
+                    del loss
+                    if watching:
+                        phase("end")
             counter.set_phase("end")
         counter.close()
         run_s = time.perf_counter() - t0
-        if not s.fake:
-            loss_val = float(last_loss)
+        loss_val = None if s.fake else float(last_loss)
         w = unique_storage_bytes(params)
         b = unique_storage_bytes(s.buffers())
 
@@ -435,8 +472,11 @@ def measure_train(model, batch_size, seq_len, precision="bf16", recompute="none"
         phase_components = {p: components(counter.phase_peak_t[p]) for p in PHASES if p in counter.phase_peak_t}
         activations_by_op = {
             "end_of_forward": counter.by_op(counter.live_records(eof_t)),
+            "start_of_backward": counter.by_op(counter.live_records(sob_t)),
             "peak": counter.by_op(counter.live_records(counter.peak_t)),
         }
+        step_peak_t = counter.phase_peak_t.get("step")
+        step_temporaries = (counter.by_op(counter.live_records(step_peak_t)) if step_peak_t is not None else {})
         kernel, math_path, calls = attention_kernel(counter.ops, s.attention)
         opt_state = _opt_state_tensors(opt)
         on_dev = [t for t in opt_state if t.device.type == s.device]
@@ -445,22 +485,27 @@ def measure_train(model, batch_size, seq_len, precision="bf16", recompute="none"
         meta = s.meta(attention)
         meta.update({
             "scenario": "train", "batch_size": batch_size, "seq_len": seq_len, "precision": precision,
-            "recompute": recompute, "optimizer": optimizer, "train_peak": counter.peak,
+            "recompute": recompute, "optimizer": optimizer, "optimizer_impl": optimizer_impl,
+            "optimizer_flags": impl_flags(optimizer_impl),
+            "train_peak": counter.peak,
             "phase_peak": phases, "peak_phase": counter.peak_phase,
             "end_of_forward": end_of_forward, "end_of_forward_components": components(eof_t),
+            "start_of_backward": start_of_backward,
             "phase_components": phase_components, "activations_by_op": activations_by_op,
+            "step_temporaries_by_op": step_temporaries,
             "weights": w, "buffers": b,
             "optimizer_state": unique_storage_bytes(on_dev),
             "optimizer_scalar_step_bytes": scalar_steps,
             "optimizer_host_bytes": unique_storage_bytes(off_dev),
             "attention_kernel": kernel, "math_path": math_path, "attention_calls": calls,
             "checkpointing": ckpt, "use_cache": False,
-            "autocast": f"torch.autocast({dev_type!r}, bfloat16) around forward and backward"
-                        if precision == "mixed" else None,
+            "autocast": f"torch.autocast({dev_type!r}, bfloat16) around the forward only; "
+                        f"loss.backward() outside it" if precision == "mixed" else None,
             "autocast_policy": None if precision != "mixed" else (
                 "cuda (native)" if dev_type == "cuda" else
                 "cuda (emulated on the cpu)" if emulate else "cpu"),
             "autocast_emulated": dict(policy.changed) if policy is not None else {},
+            "autocast_emulated_recompute": dict(recompute_policy.changed) if recompute_policy is not None else {},
             "timeline": counter.timeline(timeline_points),
             "build_s": round(s.build_s, 3), "run_s": round(run_s, 3),
         })
@@ -468,7 +513,6 @@ def measure_train(model, batch_size, seq_len, precision="bf16", recompute="none"
             meta["loss"] = loss_val
         if s.device == "cuda":
             meta["cuda"] = s.device_report()
-        title = (f"{s.name}, train step b={batch_size} s={seq_len} {precision} {optimizer} "
+        title = (f"{s.name}, train step b={batch_size} s={seq_len} {precision} {optimizer}/{optimizer_impl} "
                  f"recompute={recompute} {s.attention} (measured)")
         return Breakdown(comps, title=title, phases=phases, peak_phase=counter.peak_phase, meta=meta)
-
