@@ -126,9 +126,11 @@ def cmd_train(args):
     """JSON: peak (bytes), peak_phase (forward|backward|step), peak_at, components, phase_peak."""
     from .training import train_memory
     b = train_memory(args.model, args.batch_size, args.seq_len, args.precision, args.optimizer,
-                     args.recompute, args.attention, args.grad_accum, runtime=args.runtime)
+                     args.recompute, args.attention, args.grad_accum, runtime=args.runtime,
+                     optimizer_impl=args.optimizer_impl)
     payload = _phase_payload(args, b, precision=args.precision, optimizer=args.optimizer,
-                             recompute=args.recompute, attention=b.meta["attention"], grad_accum=args.grad_accum)
+                             optimizer_impl=args.optimizer_impl, recompute=args.recompute,
+                             attention=b.meta["attention"], grad_accum=args.grad_accum)
     _emit(args, payload, b.table())
 
 
@@ -138,7 +140,7 @@ def cmd_lora(args):
     b = lora_memory(args.model, args.batch_size, args.seq_len, args.rank, args.targets.split(","),
                     args.base, args.double_quant, adapter_dtype=args.adapter_dtype, optimizer=args.optimizer,
                     recompute=args.recompute, attention=args.attention, lora_dropout=args.lora_dropout,
-                    grad_accum=args.grad_accum)
+                    grad_accum=args.grad_accum, optimizer_impl=args.optimizer_impl)
     payload = _phase_payload(args, b, trainable_params=b.meta["trainable_params"], rank=args.rank,
                              base=args.base, targets=b.meta["targets"], lora_dropout=args.lora_dropout)
     _emit(args, payload, b.table() + f"\n\ntrainable parameters: {b.meta['trainable_params']:,}")
@@ -150,7 +152,14 @@ EXTRA_COMMANDS = ["memlib.measure.cli"]
 
 def build_parser() -> argparse.ArgumentParser:
     from .kv_cache import KV_DTYPES, MLA_FORMS
-    from .scenario import ATTENTIONS, OPTIMIZERS, PRECISIONS, RECOMPUTE, RUNTIMES, TRAIN_RUNTIMES
+    from .scenario import (ATTENTIONS, DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS, RECOMPUTE,
+                           RUNTIMES, TRAIN_RUNTIMES)
+
+    def optimizer_args(sp):
+        sp.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+        sp.add_argument("--optimizer-impl", default=DEFAULT_OPTIMIZER_IMPL, choices=OPTIMIZER_IMPLS,
+                        help="how optimizer.step() runs: loop (foreach=False), foreach (PyTorch's default on "
+                             "CUDA) or fused (fused=True, the HF Trainer's default); default: %(default)s")
 
     p = _Parser(prog="python -m memlib", description="GPU memory of LLMs, byte-exact.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
@@ -195,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--precision", default="bf16", choices=PRECISIONS,
                     help="bf16 (default: every tensor bf16, the smallest and a lossy recipe) or mixed "
                          "(fp32 master weights, gradients and state, autocast forward)")
-    sp.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    optimizer_args(sp)
     sp.add_argument("--recompute", default="none", choices=RECOMPUTE)
     sp.add_argument("--grad-accum", type=_int, default=1)
     sp.set_defaults(func=cmd_train)
@@ -210,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--double-quant", action="store_true")
     sp.add_argument("--adapter-dtype", default="bf16", choices=ADAPTER_DTYPES)
     sp.add_argument("--lora-dropout", type=_float, default=0.0, help="dropout on the adapters' input, in [0, 1)")
-    sp.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    optimizer_args(sp)
     sp.add_argument("--recompute", default="none", choices=RECOMPUTE)
     sp.add_argument("--grad-accum", type=_int, default=1)
     sp.set_defaults(func=cmd_lora)

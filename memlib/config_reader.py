@@ -146,7 +146,7 @@ class ConfigReader:
         if len(v) != length:
             raise self.error(key, f"has {len(v)} entries, expected num_hidden_layers={length}")
         for x in v:
-            if x not in mapping:
+            if not isinstance(x, str) or x not in mapping:
                 raise self.error(key, f"unknown layer kind {safe_text(repr(x))}; "
                                       f"allowed: {', '.join(sorted(mapping))}")
         return tuple(mapping[x] for x in v)

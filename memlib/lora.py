@@ -22,7 +22,7 @@ from .activations import Saved, layer_tensors, without_frozen
 from .breakdown import Breakdown
 from .optimizers import tensor_state_bytes
 from .params import named_linears
-from .scenario import OPTIMIZERS, Scenario, attention_used, check_seq_len
+from .scenario import DEFAULT_OPTIMIZER_IMPL, OPTIMIZERS, Scenario, attention_used, check_seq_len
 from .spec import load_spec
 from .training import StepInputs, mlp_backward_extra, step_temporaries, step_timeline, summarize
 from .validation import choice, exact_sweeps, fraction, positive_int, safe_text
@@ -113,7 +113,7 @@ def _frozen_layer(spec, sc: Scenario, moe: bool, chosen: set, rank: int, lora_dr
 def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear", base: str = "bf16",
                 double_quant: bool = False, adapter_dtype: str = "bf16", optimizer: str = "adamw",
                 recompute: str = "none", attention: str = "sdpa", lora_dropout: float = 0.0,
-                grad_accum: int = 1) -> Breakdown:
+                grad_accum: int = 1, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL) -> Breakdown:
     """Peak memory of one LoRA (``base="bf16"``) or QLoRA (``base="nf4"``) training step.
 
     Components at the peak: ``weights`` (frozen base + adapters), ``optimizer`` (adapters
@@ -133,7 +133,7 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
     if lora_dropout >= 1:
         raise ValueError(f"lora_dropout: must be in [0, 1), got {lora_dropout}")
     chosen = set(resolve_targets(spec, targets))
-    sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer)   # the frozen base computes in bf16
+    sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer, optimizer_impl)   # the base computes in bf16
     p = 4 if adapter_dtype == "fp32" else 2
     mats = adapter_matrices(spec, rank, targets)
     trainable = sum(r * c * n for r, c, n in mats)
@@ -148,13 +148,15 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
         optimizer=tensor_state_bytes(mats, 0, optimizer, state_bytes=p),
         grads_head=0, grads_per_layer={m: per_layer_adapters for m in layers}, grads_embedding=0, grads_tied=0,
         autocast_cache=2 * trainable if adapter_dtype == "fp32" else 0,
-        cache_per_layer={m: (2 * trainable if adapter_dtype == "fp32" else 0) // spec.num_layers for m in layers},
-        step_extra=step_temporaries(optimizer, max(r * c for r, c, _ in mats), p),
+        cache_attn={m: (2 * trainable if adapter_dtype == "fp32" else 0) // spec.num_layers for m in layers},
+        cache_mlp={m: 0 for m in layers}, cache_head=0,
+        step_extra=step_temporaries(optimizer, optimizer_impl, [r * c for r, c, n in mats for _ in range(n)], p),
         layers=layers, frozen_head=True,
         backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) + dequant for m in layers})
     marks, saved = step_timeline(spec, sc, inputs, recompute, positive_int("grad_accum", grad_accum))
     meta = {"model": spec.name, "rank": rank, "targets": sorted(chosen), "base": base, "double_quant": double_quant,
-            "adapter_dtype": adapter_dtype, "optimizer": optimizer, "recompute": recompute,
+            "adapter_dtype": adapter_dtype, "optimizer": optimizer, "optimizer_impl": optimizer_impl,
+            "recompute": recompute, "lora_dropout": lora_dropout,
             "attention": attention_used(spec, attention), "trainable_params": trainable,
             "base_weights": base_weights, "activations_saved": saved,
             "batch_size": batch_size, "seq_len": seq_len}
@@ -165,7 +167,7 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
 def lora_fit(model, gpu="RTX 4090 24GB", batch_size: int = 1, seq_len: int = 2048, rank: int = 16,
              targets="all-linear", base: str = "nf4", double_quant: bool = False,
              recompute: str = "none", optimizer: str = "adamw", attention: str = "sdpa",
-             lora_dropout: float = 0.0) -> Breakdown:
+             lora_dropout: float = 0.0, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL) -> Breakdown:
     """:func:`lora_memory` against one GPU's memory (chapter 04).
 
     ``meta`` adds ``gpu``, ``gpu_memory`` (bytes the driver reports), ``fits``
@@ -181,7 +183,7 @@ def lora_fit(model, gpu="RTX 4090 24GB", batch_size: int = 1, seq_len: int = 204
     spec = load_spec(model)
     r = lora_memory(spec, batch_size, seq_len, rank=rank, targets=targets, base=base,
                     double_quant=double_quant, optimizer=optimizer, recompute=recompute,
-                    attention=attention, lora_dropout=lora_dropout)
+                    attention=attention, lora_dropout=lora_dropout, optimizer_impl=optimizer_impl)
     name = gpu if isinstance(gpu, str) else f"{mem / GB:.1f} GB"
     return replace(r, meta={**r.meta, "model": spec.name, "gpu": name, "gpu_memory": mem,
                             "fits": bool(r.total <= mem), "margin": int(mem - r.total),

@@ -234,3 +234,52 @@ def param_tensors(model) -> tuple[list[tuple[int, int, int]], int]:
         mats.append((spec.hidden_size, spec.embed_dim, 2))
     vectors = total_params(spec) - sum(i * o * n for i, o, n in mats)
     return mats, vectors
+
+
+def param_sizes(model) -> tuple[int, ...]:
+    """Element counts of the parameter tensors, in the order a transformers model registers
+    them (chapter 04: the optimizer walks them in this order).
+
+    The embedding (and learned positions), then per layer the attention projections, its
+    per-head norms, the MLP (or the router, the routed experts as transformers' two fused
+    tensors ``E × 2I × H`` and ``E × H × I``, and the shared experts) and the layer's norms,
+    then the final norm and lm_head.  Vectors (norm weights, biases) are kept as whole
+    tensors; ``sum(param_sizes) == total_params``.
+    """
+    return _param_sizes(load_spec(model))
+
+
+@lru_cache(maxsize=256)
+def _param_sizes(spec: ModelSpec) -> tuple[int, ...]:
+    H = spec.hidden_size
+    norm = [H, H] if spec.norm == "layer" else [H]
+    out = [spec.vocab_size * spec.embed_dim]
+    if spec.learned_positions:
+        out.append(spec.learned_positions * H)
+    if spec.embed_dim != H:
+        out.append(H * spec.embed_dim)                 # project_in
+    attn = [i * o for comp, _, i, o, _ in _named_linears(spec) if comp == "attention"]
+    dense = [i * o for comp, _, i, o, _ in _named_linears(spec) if comp == "mlp"]
+    shared = [i * o for comp, _, i, o, _ in _named_linears(spec) if comp == "shared_experts"]
+    for moe in spec.moe_layers:
+        out += attn
+        if spec.qk_norm:
+            out += [spec.head_dim, spec.head_dim]
+        if moe:
+            I = spec.moe_intermediate_size
+            out += [spec.num_experts * H]                                  # the router
+            out += [spec.num_experts * (2 if spec.gated_mlp else 1) * I * H, spec.num_experts * H * I]
+            out += shared
+        else:
+            out += dense
+        out += norm * spec.norms_per_layer
+    if spec.final_norm:
+        out += norm
+    if not spec.tie_word_embeddings:
+        out.append(spec.vocab_size * spec.embed_dim)
+    if spec.embed_dim != H:
+        out.append(H * spec.embed_dim)                 # project_out
+    rest = total_params(spec) - sum(out)               # biases and the MLA norms, as small vectors
+    if rest:
+        out.append(rest)
+    return tuple(out)

@@ -40,8 +40,8 @@ from .activations import (causal_mask_bytes, is_quadratic, layer_tensors, model_
                           without_frozen)
 from .breakdown import Breakdown
 from .optimizers import optimizer_state_bytes
-from .params import count_params, layer_params, linear_bias_params, linear_layers, total_params
-from .scenario import PHASES, Scenario, attention_used, check_seq_len
+from .params import count_params, layer_params, named_linears, param_sizes, total_params
+from .scenario import DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS, PHASES, Scenario, attention_used, check_seq_len
 from .spec import ModelSpec, load_spec
 from .validation import choice, exact_sweeps, positive_int
 
@@ -65,32 +65,77 @@ def largest_param_tensor(spec: ModelSpec) -> int:
 
 
 @lru_cache(maxsize=256)
-def matmul_weight_params(spec: ModelSpec) -> int:
-    """Parameters autocast casts to bf16 and caches (chapter 04): every Linear's weight and
-    bias, lm_head and the MoE routers (DeepSeek's router too: it upcasts to fp32, autocast
-    casts back).
+def _cache_parts(spec: ModelSpec):
+    """The bf16 copies autocast makes of one layer's weights, by half and layer kind, and
+    of lm_head, in bytes: ``({moe: attention}, {moe: mlp}, head)`` (chapter 04).
 
-    Where a family's linears compute ``x @ W.T`` (Falcon), autocast does not cache a cast
-    of the view ``W.T`` (the copies are saved per layer instead, see
-    :mod:`memlib.activations`), so only lm_head is cached.
+    Every Linear's weight and bias is cast and cached when first used in the forward: the
+    attention projections; the MLP's, or in an MoE layer the router (DeepSeek's too: it
+    upcasts to fp32, autocast casts back) and the shared experts.  The routed experts are
+    not: transformers runs them with ``grouped_mm``, which has no autocast rule, on the
+    fp32 master weights (their input is cast to fp32 instead).  Where a family's linears
+    compute ``x @ W.T`` (Falcon), autocast does not cache a cast of the view ``W.T`` (the
+    copies are saved per layer instead, see :mod:`memlib.activations`): only lm_head is.
     """
+    head = 2 * spec.vocab_size * spec.embed_dim
+    kinds = set(spec.moe_layers)
     if not spec.autocast_caches_weights:
-        return spec.vocab_size * spec.embed_dim
-    n = sum(i * o * c for _, i, o, c in linear_layers(spec)) + spec.vocab_size * spec.embed_dim
-    n += linear_bias_params(spec)
-    if spec.is_moe:
-        n += sum(spec.moe_layers) * spec.num_experts * spec.hidden_size
-    return n
+        return {m: 0 for m in kinds}, {m: 0 for m in kinds}, head
+    per = {comp: 0 for comp in ("attention", "mlp", "shared_experts")}
+    for comp, _, i, o, _n in named_linears(spec):
+        if comp in per:
+            per[comp] += i * o                       # one of each matrix per layer (of its kind)
+    bias = {"attention": 0, "mlp": 0}
+    if not spec.is_mla:
+        q, kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+        bias["attention"] = (q + 2 * kv if spec.qkv_bias else 0) + (spec.hidden_size if spec.o_bias else 0)
+        if spec.mlp_bias:
+            bias["mlp"] = (2 if spec.gated_mlp else 1) * spec.intermediate_size + spec.hidden_size
+    attn = {m: 2 * (per["attention"] + bias["attention"]) for m in kinds}
+    mlp = {m: 2 * (spec.num_experts * spec.hidden_size + per["shared_experts"]) if m
+           else 2 * (per["mlp"] + bias["mlp"]) for m in kinds}
+    return attn, mlp, head
 
 
-def step_temporaries(optimizer: str, largest_tensor: int, state_bytes: int) -> int:
-    """Peak extra bytes inside ``optimizer.step()`` with ``foreach=False`` (one tensor at a
-    time, chapter 04): AdamW ``2 × largest × state_bytes`` (``sqrt(v)``, then ``sqrt(v)/c``),
-    Adafactor one, SGD and Lion none (they update in place)."""
-    if optimizer in ("adamw", "adamw_8bit"):
-        return 2 * largest_tensor * state_bytes      # sqrt(v), then sqrt(v) / c
+def matmul_weight_params(spec: ModelSpec) -> int:
+    """Parameters autocast casts to bf16 and caches in a forward (chapter 04): every Linear's
+    weight and bias, lm_head and the MoE routers; not the routed experts, which transformers
+    runs in fp32 (:func:`_cache_parts` says why)."""
+    attn, mlp, head = _cache_parts(spec)
+    return (head + sum(attn[m] + mlp[m] for m in spec.moe_layers)) // 2
+
+
+def step_temporaries(optimizer: str, optimizer_impl: str, sizes, state_bytes: int) -> int:
+    """Peak extra bytes inside ``optimizer.step()`` (chapter 04), from the trainable tensors'
+    element counts ``sizes`` in the order the model registers them.
+
+    AdamW builds ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)``:
+
+    * ``"loop"`` (``foreach=False``): one tensor at a time; at tensor ``i`` its ``sqrt``
+      and division are alive with the previous tensor's ``denom``:
+      ``max_i (n[i-1] + 2·n[i]) × state_bytes`` (two embedding-sized tensors for most
+      models; three MLP matrices where those are the largest neighbours);
+    * ``"foreach"`` (PyTorch's default on CUDA): ``_foreach_sqrt`` over every tensor at
+      once, one whole second moment: ``Σ n × state_bytes``;
+    * ``"fused"`` (``fused=True``, the HF Trainer's default with torch >= 2.8): one kernel
+      updates in place: none.
+
+    SGD (with or without momentum) and Lion update in place in every implementation.
+    Adafactor and 8-bit AdamW have one implementation each: one (Adafactor) or two (8-bit
+    AdamW, bitsandbytes' dequantised moments) temporaries of the largest tensor.
+    """
+    choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
+    sizes = list(sizes)
+    if optimizer == "adamw":
+        if optimizer_impl == "fused":
+            return 0
+        if optimizer_impl == "foreach":
+            return sum(sizes) * state_bytes
+        return max(prev + 2 * cur for prev, cur in zip([0] + sizes[:-1], sizes)) * state_bytes
+    if optimizer == "adamw_8bit":
+        return 2 * max(sizes) * state_bytes
     if optimizer == "adafactor":
-        return largest_tensor * state_bytes
+        return max(sizes) * state_bytes
     return 0                                         # SGD and Lion update in place
 
 
@@ -149,9 +194,12 @@ class Mark(NamedTuple):
 class StepInputs:
     """Everything :func:`step_timeline` needs, in bytes (arrays allowed for activations).
 
-    ``grads_per_layer`` and ``cache_per_layer`` map a layer kind (MoE or not) to the bytes
-    one such layer adds; ``layers`` maps it to the :class:`~memlib.activations.Saved`
-    records one such layer keeps.
+    ``grads_per_layer`` maps a layer kind (MoE or not) to the gradient bytes one such
+    layer adds; ``layers`` maps it to the :class:`~memlib.activations.Saved` records one
+    such layer keeps.  ``cache_attn``/``cache_mlp`` map a layer kind to the bf16 weight
+    copies autocast makes in its attention and its MLP, ``cache_head`` those of lm_head
+    (chapter 04 §mixed precision): the cache grows through the forward; leaving autocast
+    keeps only the copies autograd saved, which each layer's backward then frees.
     """
 
     weights: int
@@ -160,8 +208,10 @@ class StepInputs:
     grads_per_layer: dict
     grads_embedding: int
     grads_tied: int
-    autocast_cache: int           # the stage's whole cache (alive from the loss to the backward's end)
-    cache_per_layer: dict         # what each layer adds to it in the forward
+    autocast_cache: int           # the stage's whole cache at the end of the forward
+    cache_attn: dict
+    cache_mlp: dict
+    cache_head: int
     step_extra: int
     layers: dict
     backward_mlp_extra: dict
@@ -261,15 +311,16 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     def mark(phase, label, g, c, a, t, layer=None, part=None):
         marks.append(Mark(phase, label, w, o, g, c, a, t, layer, part))
 
-    # -- forward: each layer's tensors exist while it runs; it keeps `kept`
+    # -- forward: each layer's tensors exist while it runs; it keeps `kept`; autocast caches
+    # a bf16 copy of each weight it casts, until the forward leaves the autocast region
+    cl = {m: x.cache_attn[m] + x.cache_mlp[m] for m in x.layers}
     acts, cache = pre + kept_mask, 0
     for m, a, b in runs:
         n = b - a
-        cl = x.cache_per_layer[m]
-        mark("forward", f"layer {b - 1}", accum, cache + n * cl, acts + (n - 1) * kept[m],
+        mark("forward", f"layer {b - 1}", accum, cache + n * cl[m], acts + (n - 1) * kept[m],
              full[m] + mask - kept_mask, layer=b - 1)
         acts = acts + n * kept[m]
-        cache += n * cl
+        cache += n * cl[m]
     cache = x.autocast_cache
     if st.has_head:
         acts = acts + head_saved
@@ -277,15 +328,22 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
         acts = acts + log_softmax
     mark("forward", "end", accum, cache, acts, 0)
     saved_at_end = acts
+    # -- leaving autocast frees the copies autograd did not save: with full recompute the
+    # layers saved none (they cast again when recomputed); lm_head's copy is always saved
+    head_cache = x.cache_head if st.has_head else 0
+    layers_cache = cache - head_cache
+    recompute_casts = recompute == "full"
+    if recompute_casts:
+        layers_cache = 0
     # -- backward: the loss's fp32 gradient buffers, then layer by layer from the last
     if st.has_head:
-        mark("backward", "loss", accum, cache, acts, 2 * logits_fp32)
+        mark("backward", "loss", accum, head_cache + layers_cache, acts, 2 * logits_fp32)
         acts = acts - log_softmax - head_saved
         grads = accum + head_grads * new
-        mark("backward", "lm_head", grads, cache, acts, dh)
+        mark("backward", "lm_head", grads, head_cache + layers_cache, acts, dh)
     else:
         grads = accum
-        mark("backward", "incoming gradient", grads, cache, acts, dh)
+        mark("backward", "incoming gradient", grads, layers_cache, acts, dh)
     for m, a, b in reversed(runs):
         back = full[m] - kept[m]                    # with recompute, the layer's tensors come back
         mlp_t = dh + back + x.backward_mlp_extra[m]
@@ -293,16 +351,21 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
         for i in sorted({b - 1, a}, reverse=True):  # the two ends of the run
             k = b - 1 - i
             g, ac = grads + k * gl[m] * new, acts - k * kept[m]
-            mark("backward", f"layer {i} mlp", g, cache, ac, mlp_t, layer=i, part="mlp")
-            mark("backward", f"layer {i} attention", g, cache, ac, attn_t, layer=i, part="attention")
+            # the copies of the layers done so far are freed; this one's MLP copies go
+            # with the MLP's backward (recomputed layers cast their own again)
+            c = cl[m] if recompute_casts else layers_cache - k * cl[m]
+            mark("backward", f"layer {i} mlp", g, c, ac, mlp_t, layer=i, part="mlp")
+            mark("backward", f"layer {i} attention", g, c - x.cache_mlp[m], ac, attn_t, layer=i, part="attention")
         acts = acts - (b - a) * kept[m]
         grads = grads + (b - a) * gl[m] * new
+        if not recompute_casts:
+            layers_cache = layers_cache - (b - a) * cl[m]
     acts = acts - kept_mask                      # the last checkpoint is done with them
     if st.has_embedding:
         # the embedding's gradient is computed while its output's gradient is alive; a tied
         # matrix already has a gradient (from lm_head) and the two are summed out of place
         tied = x.grads_tied if st.has_head else 0
-        mark("backward", "embedding", grads, cache, acts, dh + emb_grads * new + 2 * tied * new)
+        mark("backward", "embedding", grads, 0, acts, dh + emb_grads * new + 2 * tied * new)
         grads = grads + emb_grads * new
     # -- step
     mark("step", "optimizer", grads, 0, 0, x.step_extra)
@@ -377,7 +440,8 @@ def _stage_params(spec: ModelSpec, st: Stage) -> int:
 
 def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
                  recompute: str = "none", attention: str = "sdpa", grad_accum: int = 1,
-                 stage: Stage | None = None, _bench_cpu: bool = False) -> tuple[ModelSpec, Scenario, StepInputs]:
+                 stage: Stage | None = None, _bench_cpu: bool = False,
+                 optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL) -> tuple[ModelSpec, Scenario, StepInputs]:
     """Validate the knobs of a full fine-tuning step and build its :class:`StepInputs` (chapter 04).
 
     Returns ``(spec, scenario, inputs)`` for :func:`step_timeline`; :func:`train_memory`
@@ -387,17 +451,16 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     seq_len = check_seq_len(spec, seq_len)
     batch_size = positive_int("batch_size", batch_size)
     positive_int("grad_accum", grad_accum)
-    sc = Scenario(batch_size, seq_len, precision, attention, recompute, optimizer, _bench_cpu=_bench_cpu)
+    sc = Scenario(batch_size, seq_len, precision, attention, recompute, optimizer, optimizer_impl,
+                  _bench_cpu=_bench_cpu)
     st = (stage or Stage.whole(spec)).check(spec)
     whole = st == Stage.whole(spec)
     p = 4 if sc.mixed else 2
     head, per_layer, emb, tied = _grads_by_part(spec, p)
     layers = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
-    cache = 2 * matmul_weight_params(spec) if sc.mixed else 0
-    head_cache = 2 * spec.vocab_size * spec.embed_dim if sc.mixed else 0
-    layer_cache = {m: (cache - head_cache) // spec.num_layers for m in layers}
-    if not whole:
-        cache = (head_cache if st.has_head else 0) + sum(layer_cache[m] for m in spec.moe_layers[st.first:st.last])
+    attn_c, mlp_c, head_c = _cache_parts(spec) if sc.mixed else ({m: 0 for m in layers}, {m: 0 for m in layers}, 0)
+    head_c = head_c if st.has_head else 0
+    cache = head_c + sum(attn_c[m] + mlp_c[m] for m in spec.moe_layers[st.first:st.last])
     if whole:
         weights = total_params(spec) * p
         opt = optimizer_state_bytes(spec, optimizer, state_bytes=p)
@@ -405,11 +468,14 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
         n = _stage_params(spec, st)
         weights = n * p
         opt = optimizer_state_bytes(spec, optimizer, state_bytes=p) * n // total_params(spec)
+    sizes = param_sizes(spec)
+    if not whole:      # the stage's share of the whole model's step temporaries (foreach: exact)
+        sizes = tuple(v * weights // (total_params(spec) * p) for v in sizes)
     inputs = StepInputs(
         weights=weights, optimizer=opt,
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
-        autocast_cache=cache, cache_per_layer=layer_cache,
-        step_extra=step_temporaries(optimizer, largest_param_tensor(spec), p),
+        autocast_cache=cache, cache_attn=attn_c, cache_mlp=mlp_c, cache_head=head_c,
+        step_extra=step_temporaries(optimizer, optimizer_impl, sizes, p),
         layers=layers, backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers},
         stage=None if whole else st)
     return spec, sc, inputs
@@ -418,8 +484,8 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
 @exact_sweeps("batch_size", "seq_len")
 def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
                  recompute: str = "none", attention: str = "sdpa", grad_accum: int = 1,
-                 runtime: str = "transformers", *, stage: Stage | None = None,
-                 _bench_cpu: bool = False) -> Breakdown:
+                 runtime: str = "transformers", *, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL,
+                 stage: Stage | None = None, _bench_cpu: bool = False) -> Breakdown:
     """Peak memory of one full fine-tuning step and the phase where it happens (chapter 04).
 
     ``peak = max over the step's marks of weights + optimizer + gradients + autocast_cache
@@ -430,7 +496,10 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     wins, ``peak_at`` the moment, ``meta["marks"]`` the :class:`Mark` at every boundary.
 
     ``precision`` defaults to ``"bf16"`` (everything bf16: the smallest recipe, and a lossy
-    one); ``"mixed"`` is fp32 master weights with autocast.  ``grad_accum > 1`` keeps
+    one); ``"mixed"`` is fp32 master weights with autocast around the forward (PyTorch's AMP
+    recipe, accelerate and the HF Trainer: the backward runs outside it).
+    ``optimizer_impl``: ``"foreach"`` (default, what PyTorch picks on CUDA), ``"loop"`` or
+    ``"fused"`` (the HF Trainer's default): see :func:`step_temporaries`.  ``grad_accum > 1`` keeps
     gradients alive through the forward of the later micro-batches.  ``runtime`` is
     ``"transformers"`` (the only one modelled for training).  ``batch_size`` and
     ``seq_len`` may be numpy arrays: the result then has one ``peak`` component (an
@@ -438,16 +507,17 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     """
     choice("runtime", runtime, ("transformers",))
     spec, sc, inputs = prepare_step(model, batch_size, seq_len, precision, optimizer, recompute,
-                                    attention, grad_accum, stage, _bench_cpu)
+                                    attention, grad_accum, stage, _bench_cpu, optimizer_impl)
     batch_size, seq_len = sc.batch_size, sc.seq_len
     marks, saved = step_timeline(spec, sc, inputs, recompute, grad_accum)
-    meta = {"model": spec.name, "precision": precision, "optimizer": optimizer, "recompute": recompute,
+    meta = {"model": spec.name, "precision": precision, "optimizer": optimizer, "optimizer_impl": optimizer_impl,
+            "recompute": recompute,
             "attention": attention_used(spec, attention), "grad_accum": grad_accum, "runtime": runtime,
             "batch_size": batch_size, "seq_len": seq_len, "activations_saved": saved,
             "autocast_cache": inputs.autocast_cache, "optimizer_state": inputs.optimizer,
             "params": total_params(spec)}
     title = (f"{spec.name} train step, b={batch_size} s={seq_len} {precision} {optimizer} "
-             f"recompute={recompute}")
+             f"({optimizer_impl}) recompute={recompute}")
     return summarize(marks, title, meta)
 
 

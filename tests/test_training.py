@@ -59,30 +59,38 @@ def test_one_layer_equals_the_bench():
     assert eof[1] - eof[0] - resident == sum(layer_saved(memlib.load_spec(TINY), Scenario(2, 96)).values())
 
 
-# A representative subset of the accuracy matrix (chapter 03-04): every dimension appears.
+# A representative subset of the accuracy matrix (chapters 03-04): every dimension appears,
+# including each optimizer implementation, autocast around the forward only (mixed), full
+# recompute under mixed precision (GPT-2 used to fail there) and MoE in mixed precision.
 # The full matrix is scripts/bench_matrix.py + scripts/validate_matrix.py.
 TRAIN_POINTS = [
-    ("Qwen3-0.6B", 1, 512, "bf16", "none", "sdpa"),
-    ("Qwen3-0.6B", 4, 2048, "mixed", "full", "eager"),
-    ("Qwen3-0.6B", 1, 8192, "bf16", "full", "sdpa"),
-    ("gpt2", 4, 512, "mixed", "none", "eager"),
-    ("Llama-3.1-8B", 1, 512, "bf16", "none", "sdpa"),
-    ("Phi-3-mini-4k-instruct", 1, 2048, "mixed", "none", "sdpa"),
-    ("falcon-7b-instruct", 1, 512, "bf16", "full", "eager"),
-    ("DeepSeek-V2-Lite", 1, 512, "bf16", "none", "eager"),
-    ("Qwen3-30B-A3B", 1, 2048, "bf16", "none", "sdpa"),
+    ("Qwen3-0.6B", 1, 512, "bf16", "none", "sdpa", "loop"),
+    ("Qwen3-0.6B", 2, 1024, "mixed", "full", "eager", "loop"),
+    ("Qwen3-0.6B", 1, 4096, "bf16", "none", "sdpa", "foreach"),
+    ("gpt2", 4, 512, "mixed", "none", "eager", "loop"),
+    ("gpt2", 1, 512, "mixed", "full", "eager", "fused"),
+    ("Llama-3.1-8B", 1, 512, "bf16", "none", "sdpa", "foreach"),
+    ("Llama-3.1-8B", 1, 512, "mixed", "none", "sdpa", "fused"),
+    ("Phi-3-mini-4k-instruct", 1, 2048, "mixed", "none", "sdpa", "loop"),
+    ("falcon-7b-instruct", 1, 512, "bf16", "full", "eager", "loop"),
+    ("DeepSeek-V2-Lite", 1, 512, "bf16", "none", "eager", "loop"),
+    ("Qwen3-30B-A3B", 1, 512, "mixed", "none", "sdpa", "foreach"),
 ]
 
 
 @pytest.mark.bench
-@pytest.mark.parametrize("model,B,S,precision,recompute,attention", TRAIN_POINTS)
-def test_train_peak_within_5_percent_of_bench(model, B, S, precision, recompute, attention):
+@pytest.mark.parametrize("model,B,S,precision,recompute,attention,impl", TRAIN_POINTS)
+def test_train_peak_matches_the_bench(model, B, S, precision, recompute, attention, impl):
+    """The issue's targets, point by point: within 3 %, never under by more than 1 %, same phase."""
     measure = _measure()
-    m = measure.measure_train(model, B, S, precision=precision, recompute=recompute, attention=attention)
+    m = measure.measure_train(model, B, S, precision=precision, recompute=recompute, attention=attention,
+                              optimizer_impl=impl)
     assert excluded(m.meta) is None, "subset points must be ones a GPU kernel would also run"
-    point = dict(model=model, batch_size=B, seq_len=S, precision=precision, recompute=recompute, attention=attention)
+    point = dict(model=model, batch_size=B, seq_len=S, precision=precision, recompute=recompute,
+                 attention=attention, optimizer_impl=impl)
     p = predict_like_bench(point, "train")
-    assert p.total == pytest.approx(m.total, rel=0.05)
+    error = p.total / m.total - 1
+    assert -0.01 <= error <= 0.03, f"predicted {p.total:,} vs measured {m.total:,} ({error:+.2%})"
     assert p.peak_phase == m.peak_phase
 
 
@@ -200,7 +208,8 @@ def test_inference_bad_input():
 @pytest.mark.bench
 def test_sgd_momentum_matches_bench():
     measure = _measure()
-    m = measure.measure_train("Qwen3-0.6B", 1, 512, precision="mixed", optimizer="sgd")   # momentum 0.9
+    m = measure.measure_train("Qwen3-0.6B", 1, 512, precision="mixed", optimizer="sgd",   # momentum 0.9
+                              optimizer_impl="foreach")
     p = predict_like_bench(dict(model="Qwen3-0.6B", batch_size=1, seq_len=512, precision="mixed",
-                                optimizer="sgd"), "train")
+                                optimizer="sgd", optimizer_impl="foreach"), "train")
     assert p.total == pytest.approx(m.total, rel=0.05) and p.peak_phase == m.peak_phase

@@ -64,15 +64,16 @@ def test_state_bytes_per_param_llama():
 
 # -- the step, by hand ---------------------------------------------------------------------------
 def test_step_tiny_by_hand(tiny_llama):
-    r = train_memory(tiny_llama, 1, 16)
+    r = train_memory(tiny_llama, 1, 16, optimizer_impl="loop")
     assert r["weights"] == 2 * P_TINY
     assert r.meta["optimizer_state"] == 2 * 2 * P_TINY
-    # the step: weights + gradients + state + AdamW's two temporaries of the largest tensor (V x H)
-    assert r.phases["step"] == 2 * P_TINY + 2 * P_TINY + 4 * P_TINY + 2 * (V * H) * 2 == 657_920
-    r = train_memory(tiny_llama, 1, 16, precision="mixed")
+    # the step: weights + gradients + state + the loop's temporaries: at up_proj, its sqrt and
+    # division and gate_proj's denom: 3 x H x I = 18,432 values, more than 2 x V x H = 16,384
+    assert r.phases["step"] == 2 * P_TINY + 2 * P_TINY + 4 * P_TINY + 3 * (H * I) * 2 == 662_016
+    r = train_memory(tiny_llama, 1, 16, precision="mixed", optimizer_impl="loop")
     assert r["weights"] == 4 * P_TINY and r.meta["optimizer_state"] == 8 * P_TINY
     assert r.meta["autocast_cache"] == 2 * (L * PER_LAYER + V * H)
-    assert r.phases["step"] == 4 * P_TINY + 4 * P_TINY + 8 * P_TINY + 2 * (V * H) * 4
+    assert r.phases["step"] == 4 * P_TINY + 4 * P_TINY + 8 * P_TINY + 3 * (H * I) * 4
     r = train_memory(tiny_llama, 1, 16, precision="mixed", optimizer="sgd_momentum")
     assert r.meta["optimizer_state"] == 4 * P_TINY
     assert r.phases["step"] == (4 + 4 + 4) * P_TINY                 # SGD updates in place
@@ -115,12 +116,59 @@ def test_gradients_at_the_step_are_the_parameters():
 
 
 def test_peak_moves_from_step_to_backward():
-    r = train_memory("Llama-3.1-8B", 1, 2048)
+    r = train_memory("Llama-3.1-8B", 1, 2048, optimizer_impl="loop")
     P = 8_030_261_248
     assert r.peak_phase == "step" and r.peak_at == "optimizer"
-    assert r.total == 2 * P + 2 * P + 4 * P + 2 * (128_256 * 4096) * 2 == 66_343_436_288
-    r = train_memory("Llama-3.1-8B", 1, 4096)
+    # + the loop's temporaries: lm_head's sqrt and division, and the final norm's denom (4096)
+    assert r.total == 2 * P + 2 * P + 4 * P + (4096 + 2 * 128_256 * 4096) * 2 == 66_343_444_480
+    r = train_memory("Llama-3.1-8B", 1, 4096, optimizer_impl="loop")
     assert r.peak_phase == "backward" and r.get("gradients") == 0
+
+
+def test_optimizer_implementations_by_hand(tiny_llama):
+    # the step phase: weights + gradients + AdamW state (bf16: 2 + 2 + 4 bytes/param) + temporaries
+    step = {impl: train_memory(tiny_llama, 1, 16, optimizer_impl=impl).phases["step"]
+            for impl in ("loop", "foreach", "fused")}
+    states = 8 * P_TINY
+    assert step["fused"] == states                                  # one kernel, in place
+    assert step["foreach"] == states + 2 * P_TINY                  # _foreach_sqrt: a whole second moment
+    # loop: the largest neighbours, embedding first (nothing before it) and lm_head after the final norm
+    assert step["loop"] == states + 2 * max(2 * V * H, H + 2 * V * H, I * H + 2 * I * H)
+    # SGD with momentum updates in place, whatever the implementation
+    sgd = {train_memory(tiny_llama, 1, 16, optimizer="sgd_momentum", optimizer_impl=i).phases["step"]
+           for i in ("loop", "foreach", "fused")}
+    assert sgd == {2 * P_TINY + 2 * P_TINY + 2 * P_TINY}
+    with pytest.raises(ValueError, match="optimizer_impl"):
+        train_memory(tiny_llama, 1, 16, optimizer_impl="triton")
+
+
+def test_loop_temporaries_take_three_mlp_matrices_when_they_are_the_largest_neighbours():
+    # Llama-2-70b: up (8192 x 28672) after gate: 3 x 234,881,024 > 2 x the embedding (32000 x 8192)
+    r = train_memory("Llama-2-70b", 1, 512, optimizer_impl="loop")
+    P = memlib.total_params("Llama-2-70b")
+    assert r.phases["step"] == 8 * P + 2 * 3 * 8192 * 28672 > 8 * P + 2 * 2 * 32000 * 8192
+
+
+def test_mixed_precision_frees_the_autocast_copies_in_the_backward(tiny_llama):
+    """Autocast wraps the forward only (PyTorch's AMP recipe): its cache of bf16 weight copies
+    lives until the forward ends; the copies autograd saved die with each layer's backward."""
+    r = train_memory(tiny_llama, 1, 16, precision="mixed", optimizer_impl="fused")
+    marks = {(mk.phase, mk.label): mk.autocast_cache for mk in r.meta["marks"]}
+    layer = 2 * PER_LAYER                                          # bf16 copies of one layer's matrices
+    mlp = 2 * (3 * H * I)
+    head = 2 * V * H
+    assert marks[("forward", "layer 1")] == 2 * layer               # both layers cast (the run's end)
+    assert marks[("forward", "end")] == 2 * layer + head            # + lm_head, at the loss
+    assert marks[("backward", "lm_head")] == 2 * layer + head
+    assert marks[("backward", "layer 1 mlp")] == 2 * layer          # lm_head's copy is gone
+    assert marks[("backward", "layer 1 attention")] == 2 * layer - mlp
+    assert marks[("backward", "layer 0 mlp")] == layer
+    assert marks[("backward", "embedding")] == 0
+    full = train_memory(tiny_llama, 1, 16, precision="mixed", recompute="full", optimizer_impl="fused")
+    fmarks = {(mk.phase, mk.label): mk.autocast_cache for mk in full.meta["marks"]}
+    assert fmarks[("forward", "end")] == 2 * layer + head           # the forward caches as before...
+    assert fmarks[("backward", "lm_head")] == head                  # ... but checkpointed layers saved none
+    assert fmarks[("backward", "layer 0 mlp")] == layer             # a recomputed layer casts its own again
 
 
 def test_a_stage_of_the_whole_model_is_the_model(tiny_llama):

@@ -37,7 +37,8 @@ def predict_like_bench(point: dict, kind: str = "train") -> Breakdown:
 
     ``point`` has ``model`` and, by ``kind``: ``dtype`` (weights), ``batch_size`` and
     ``seq_len`` (kv, prefill, train), ``attention`` (prefill, train), ``precision``,
-    ``recompute`` and ``optimizer`` (train).  Returns the Breakdown of
+    ``recompute``, ``optimizer`` and ``optimizer_impl`` (train; a point that names no
+    implementation is a reference row, ``"loop"``).  Returns the Breakdown of
     :func:`memlib.weight_memory`, :func:`memlib.kv_cache`, :func:`memlib.inference_memory`
     or :func:`memlib.train_memory`.
     """
@@ -57,6 +58,7 @@ def predict_like_bench(point: dict, kind: str = "train") -> Breakdown:
                                 runtime="transformers")
     return train_memory(m, point["batch_size"], point["seq_len"], precision=point.get("precision", "bf16"),
                         optimizer=BENCH_OPTIMIZERS[point.get("optimizer", "adamw")],
+                        optimizer_impl=point.get("optimizer_impl", "loop"),
                         recompute=point.get("recompute", "none"), attention=point.get("attention", "sdpa"),
                         _bench_cpu=True)
 

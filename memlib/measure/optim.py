@@ -38,10 +38,11 @@ from ..validation import choice
 
 __all__ = ["OPTIMIZERS", "OPTIMIZER_IMPLS", "DEFAULT_OPTIMIZER_IMPL", "make_optimizer", "impl_flags"]
 
+from ..scenario import DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS  # noqa: E402  (one vocabulary)
+
+#: The optimizers the bench builds (memlib's ``"sgd_momentum"`` is the bench's ``"sgd"``,
+#: momentum 0.9; :mod:`memlib.measure.compare` maps the names).
 OPTIMIZERS = ("adamw", "sgd")
-OPTIMIZER_IMPLS = ("loop", "foreach", "fused")
-#: What ``torch.optim`` chooses by itself for parameters on a CUDA device.
-DEFAULT_OPTIMIZER_IMPL = "foreach"
 
 _FLAGS = {"loop": {"foreach": False, "fused": False},
           "foreach": {"foreach": True, "fused": False},

@@ -330,9 +330,10 @@ def measure_prefill(model, batch_size, seq_len, dtype="bf16", attention="sdpa", 
         return Breakdown(comps, title=title, meta=meta)
 
 
-PRECISIONS = ("bf16", "mixed")
+from ..scenario import PHASES, PRECISIONS  # noqa: E402  (one vocabulary, memlib.scenario)
+
+#: What transformers offers (``gradient_checkpointing_enable``): memlib's "selective" is a model only.
 RECOMPUTE = ("none", "full")
-PHASES = ("forward", "backward", "step")
 AUTOCAST_POLICIES = ("cuda", "cpu")
 
 
