@@ -1,0 +1,246 @@
+"""GPUs: the memory a runtime really sees, and the speeds the throughput hints use (chapter 07).
+
+Three memory figures differ for every card, and chapter 07 teaches why:
+
+* ``spec_gb`` -- the spec sheet, in decimal GB (``80`` for an H100);
+* ``smi_mib`` -- the driver's total as ``nvidia-smi`` / ``rocm-smi`` prints it, in MiB;
+* ``runtime_bytes`` -- the total ``torch.cuda.mem_get_info()`` returns, which is the
+  number vLLM multiplies by ``gpu_memory_utilization`` (an "80 GB" H100 reports about
+  79.2 GiB).  It is smaller than the ``nvidia-smi`` total by the memory the driver
+  keeps for itself, and moves by about 0.1 GiB between drivers and board variants.
+
+``runtime_bytes`` comes from a real log (vLLM's ``total_gpu_memory (...)`` line,
+PyTorch's "GPU 0 has a total capacity of ..." message or ``deviceQuery``); where none
+was found it is ``None`` and :attr:`GPU.usable_bytes` falls back to the ``nvidia-smi``
+total (then ``usable_source`` says so).  Every figure's source is in ``sources``.
+
+Speeds are dense (no 2:4 sparsity) tensor-core peaks from the vendors' datasheets:
+``bf16_tflops`` and ``fp8_tflops`` (``None`` where the card has no FP8 tensor cores),
+``bandwidth_gbs`` in GB/s.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+GIB = 2**30
+MIB = 2**20
+
+
+def _gib(x: float) -> int:
+    """Bytes of a figure printed in GiB with two decimals (the printed value, not more exact)."""
+    return int(round(x * GIB))
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One accelerator (chapter 07).  Memory in bytes; speeds per second.
+
+    Attributes:
+        name: canonical name (``"H100-80GB"``).
+        vendor: ``"NVIDIA"`` or ``"AMD"``.
+        spec_gb: memory on the spec sheet, decimal GB.
+        smi_mib: total memory printed by ``nvidia-smi``/``rocm-smi`` (MiB), or None.
+        runtime_bytes: total memory the runtime reports (``torch.cuda.mem_get_info()[1]``),
+            from a real log, or None when no log was found.
+        bandwidth_gbs: memory bandwidth, GB/s.
+        bf16_tflops: dense BF16 tensor TFLOP/s.
+        fp8_tflops: dense FP8 tensor TFLOP/s, or None without FP8 tensor cores.
+        aliases: other names the lookup accepts.
+        sources: field -> where the figure comes from.
+    """
+
+    name: str
+    vendor: str
+    spec_gb: float
+    smi_mib: int | None
+    runtime_bytes: int | None
+    bandwidth_gbs: float
+    bf16_tflops: float
+    fp8_tflops: float | None
+    aliases: tuple = ()
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def spec_bytes(self) -> int:
+        """Spec-sheet memory in bytes: ``spec_gb × 10⁹``."""
+        return int(round(self.spec_gb * 1e9))
+
+    @property
+    def smi_bytes(self) -> int | None:
+        """The ``nvidia-smi`` total in bytes: ``smi_mib × 2²⁰``."""
+        return None if self.smi_mib is None else self.smi_mib * MIB
+
+    @property
+    def usable_bytes(self) -> int:
+        """What vLLM multiplies by ``gpu_memory_utilization``: the runtime total when a log
+        gave it, else the ``nvidia-smi`` total, else the spec sheet (see ``usable_source``)."""
+        for v in (self.runtime_bytes, self.smi_bytes):
+            if v is not None:
+                return v
+        return self.spec_bytes
+
+    @property
+    def usable_source(self) -> str:
+        """Which figure :attr:`usable_bytes` used: ``runtime``, ``nvidia-smi`` or ``spec``."""
+        if self.runtime_bytes is not None:
+            return "runtime"
+        return "nvidia-smi" if self.smi_mib is not None else "spec"
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of every field plus ``usable_bytes`` and ``usable_source``."""
+        return {"name": self.name, "vendor": self.vendor, "spec_gb": self.spec_gb,
+                "smi_mib": self.smi_mib, "runtime_bytes": self.runtime_bytes,
+                "usable_bytes": self.usable_bytes, "usable_source": self.usable_source,
+                "bandwidth_gbs": self.bandwidth_gbs, "bf16_tflops": self.bf16_tflops,
+                "fp8_tflops": self.fp8_tflops, "aliases": list(self.aliases),
+                "sources": dict(self.sources)}
+
+
+_NV = "https://www.nvidia.com/"
+_DS = {
+    "A10": _NV + "en-us/data-center/products/a10-gpu/ (A10 datasheet: 24 GB GDDR6, 600 GB/s, "
+           "BF16 125 TF dense / 250 sparse; no FP8)",
+    "L4": _NV + "en-us/data-center/l4/ (L4 datasheet: 24 GB, 300 GB/s, BF16 121 TF dense, "
+          "FP8 242.5 TF dense; the sheet prints sparse values 242 / 485)",
+    "L40S": _NV + "en-us/data-center/l40s/ (L40S datasheet: 48 GB GDDR6, 864 GB/s, BF16 362 TF "
+            "dense / 733 sparse, FP8 733 dense / 1466 sparse)",
+    "A100": _NV + "en-us/data-center/a100/ (A100 datasheet: 40 GB HBM2 1,555 GB/s; 80 GB HBM2e "
+            "SXM 2,039 GB/s; BF16 312 TF dense; no FP8)",
+    "H100": _NV + "en-us/data-center/h100/ (H100 datasheet: SXM 80 GB HBM3 3.35 TB/s, BF16 989 TF, "
+            "FP8 1,979 TF; PCIe 80 GB HBM2e 2.0 TB/s, BF16 756 TF, FP8 1,513 TF; dense = half the "
+            "sheet's sparsity figures)",
+    "H200": _NV + "en-us/data-center/h200/ (H200 SXM: 141 GB HBM3e, 4.8 TB/s, BF16 989 TF, FP8 1,979 TF dense)",
+    "B200": "https://glennklockwood.com/garden/processors/B200 (HGX B200 at 1,000 W: BF16 2,250 TF, "
+            "FP8 4,500 TF dense; 192 GB HBM3e, 8 TB/s) and NVIDIA's DGX B200 page",
+    "GB200": _NV + "en-us/data-center/gb200-nvl72/ (13.4 TB HBM3e over 72 GPUs = 186 GB each, "
+             "8 TB/s) and glennklockwood.com/garden/processors/B200 (GB200 at 1,200 W: BF16 2,500 TF, "
+             "FP8 5,000 TF dense)",
+    "RTX 3090": "NVIDIA Ampere GA102 whitepaper (RTX 3090: 24 GB GDDR6X, 936 GB/s, FP16/BF16 tensor "
+                "with FP32 accumulate 71 TF dense; no FP8)",
+    "RTX 4090": "NVIDIA Ada Lovelace architecture whitepaper (RTX 4090: 24 GB GDDR6X, 1,008 GB/s, "
+                "BF16 with FP32 accumulate 165.2 TF dense, FP8 with FP32 accumulate 330.3 TF dense)",
+    "RTX 5090": "NVIDIA RTX Blackwell GPU architecture whitepaper (RTX 5090: 32 GB GDDR7, 1,792 GB/s, "
+                "BF16 with FP32 accumulate 209.5 TF dense, FP8 419 TF dense)",
+    "MI300X": "https://www.amd.com/en/products/accelerators/instinct/mi300/mi300x.html (192 GB HBM3, "
+              "5.3 TB/s, BF16 1,307.4 TF dense, FP8 2,614.9 TF dense)",
+    "MI325X": "https://www.amd.com/en/products/accelerators/instinct/mi300/mi325x.html (256 GB HBM3E, "
+              "6 TB/s, BF16 1,307.4 TF dense, FP8 2,614.9 TF dense)",
+}
+
+_SMI_WIDGETS = "memlib/widgets/kv.py GPU_SOURCES (nvidia-smi totals with their sources)"
+
+
+def _g(name, vendor, spec_gb, smi_mib, runtime_bytes, bw, bf16, fp8, aliases, sources):
+    return GPU(name, vendor, spec_gb, smi_mib, runtime_bytes, bw, bf16, fp8, tuple(aliases), sources)
+
+
+#: The GPUs of chapter 07, by canonical name.
+GPUS: dict[str, GPU] = {g.name: g for g in [
+    _g("A10", "NVIDIA", 24, 23028, None, 600, 125, None, ["A10-24GB", "NVIDIA A10", "A10G"], {
+        "spec": _DS["A10"], "smi_mib": "nvidia-smi 'NVIDIA A10G ... 0MiB / 23028MiB' (AWS A10G; public GitHub "
+        "file, stored index id 21021056340); 150 W boards (A10) print the same total (id 36216951582)",
+        "runtime_bytes": "not pinned: PyTorch reports 22.06 GiB on an AWS A10G (public GitHub file, stored "
+        "index id 59672298265: 'A10G 한 장의 가용 메모리는 22.06GiB'); the plain A10 total was not found, "
+        "so usable_bytes falls back to nvidia-smi"}),
+    _g("L4", "NVIDIA", 24, 23034, _gib(22.04), 300, 121, 242.5, ["L4-24GB", "NVIDIA L4"], {
+        "spec": _DS["L4"], "smi_mib": _SMI_WIDGETS + ": nvidia-smi 23034MiB (modal-labs/modal-client#2797)",
+        "runtime_bytes": "PyTorch OOM message on an L4: 'GPU 0 has a total capacity of 22.04 GiB' "
+        "(public GitHub file, stored index id 59672298265, which also gives A10G = 22.06 GiB)"}),
+    _g("L40S", "NVIDIA", 48, 46068, None, 864, 362, 733, ["L40S-48GB", "NVIDIA L40S"], {
+        "spec": _DS["L40S"], "smi_mib": "nvidia-smi 'NVIDIA L40S ... 0MiB / 46068MiB' (public GitHub files, stored "
+        "index ids 53425348813, 7788207177)",
+        "runtime_bytes": "not pinned: 48 GB-class cards report 44.34-44.52 GiB in PyTorch OOM messages "
+        "(stored index ids 54854112528, 19543808360, 70249206751) but none of them names the card"}),
+    _g("A100-40GB", "NVIDIA", 40, 40960, 42298834944, 1555, 312, None,
+       ["A100-40", "A100 40GB", "A100-SXM4-40GB", "A100"], {
+        "spec": _DS["A100"], "smi_mib": _SMI_WIDGETS + ": nvidia-smi 40960MiB (modal-labs/modal-client#2797; "
+        "also the nvidia-smi table in github.com/dariustanrd/tokenkaki, A100-SXM4-40GB 40960MiB)",
+        "runtime_bytes": "deviceQuery on an A100-SXM4-40GB: 'Total amount of global memory: 40339 MBytes "
+        "(42298834944 bytes)' = 39.39 GiB (github.com/bottlerocket-os/bottlerocket/pull/3873); "
+        "PyTorch prints 'total capacity of 39.39 GiB' on A100 40GB jobs (stored index id 66850652250)"}),
+    _g("A100-80GB", "NVIDIA", 80, 81920, None, 2039, 312, None,
+       ["A100-80", "A100 80GB", "A100-SXM4-80GB", "A100-80GB-PCIe"], {
+        "spec": _DS["A100"], "smi_mib": _SMI_WIDGETS + ": nvidia-smi 81920MiB (modal-labs/modal-client#2797)",
+        "runtime_bytes": "not pinned: no log that names an A100 80GB and prints its runtime total was found"}),
+    _g("H100-80GB", "NVIDIA", 80, 81559, _gib(79.19), 3350, 989, 1979,
+       ["H100", "H100-SXM", "H100 80GB", "H100-80GB-SXM", "NVIDIA H100 80GB HBM3", "H100-SXM5"], {
+        "spec": _DS["H100"], "smi_mib": _SMI_WIDGETS + ": nvidia-smi 81559MiB (NVIDIA/nccl#1264, "
+        "modal-labs/modal-client#2797; also vllm-project/vllm#55169 'NVIDIA H100 80GB HBM3 ... 81559MiB')",
+        "runtime_bytes": "vLLM log 'total_gpu_memory (79.19GiB)' on H100 "
+        "(kubernetes-sigs/gateway-api-inference-extension#550); other drivers print 79.21 GiB "
+        "(PyTorch OOM on 8xH100 HBM3, stored index id 47441118549) and 79.22 GiB (vllm-project/vllm#10511)"}),
+    _g("H100-PCIe", "NVIDIA", 80, 81559, _gib(79.19), 2000, 756, 1513, ["H100 PCIe", "H100-80GB-PCIe",
+                                                                          "NVIDIA H100 PCIe"], {
+        "spec": _DS["H100"],
+        "smi_mib": "'GPU: NVIDIA H100 PCIe (81559 MiB)' (public GitHub file, stored index id 59474166547)",
+        "runtime_bytes": "'Hardware: NVIDIA H100 PCIe (79.19 GB VRAM)' -- torch's total printed in GiB "
+        "(public GitHub file, stored index id 69385538677)"}),
+    _g("H200", "NVIDIA", 141, 143771, _gib(139.80), 4800, 989, 1979, ["H200-141GB", "H200-SXM", "NVIDIA H200"], {
+        "spec": _DS["H200"], "smi_mib": "nvidia-smi 'NVIDIA H200 ... 0MiB / 143771MiB' (public GitHub files, stored "
+        "index ids 6737105653, 55407386739)",
+        "runtime_bytes": "PyTorch OOM on 8xH200: 'GPU 5 has a total capacity of 139.80 GiB' "
+        "(stored index id 47349552184); 139.81 GiB on other hosts (stored index id 67001319221)"}),
+    _g("B200", "NVIDIA", 192, None, _gib(178.35), 8000, 2250, 4500, ["B200-192GB", "NVIDIA B200", "HGX-B200"], {
+        "spec": _DS["B200"], "smi_mib": "not found",
+        "runtime_bytes": "PyTorch OOM on a B200 node: 'GPU 4 has a total capacity of 178.35 GiB' "
+        "(stored index id 63244951597); 178.36 GiB on 8xB200 (stored index id 47349552184)"}),
+    _g("GB200", "NVIDIA", 186, None, None, 8000, 2500, 5000, ["GB200-NVL72", "NVIDIA GB200"], {
+        "spec": _DS["GB200"], "smi_mib": "not found",
+        "runtime_bytes": "not found; usable_bytes falls back to the spec sheet (an over-estimate)"}),
+    _g("RTX-3090", "NVIDIA", 24, None, _gib(23.58), 936, 71, None, ["RTX 3090", "3090", "GeForce RTX 3090"], {
+        "spec": _DS["RTX 3090"], "smi_mib": "not used (the runtime total below is known)",
+        "runtime_bytes": "vLLM log 'total_gpu_memory=23.58GiB' on an RTX 3090 (vllm-project/vllm#10517); "
+        "also 23.58 GiB on RTX 3090 workers in vllm-project/vllm#14447"}),
+    _g("RTX-4090", "NVIDIA", 24, 24564, _gib(23.64), 1008, 165.2, 330.3, ["RTX 4090", "4090", "GeForce RTX 4090"], {
+        "spec": _DS["RTX 4090"], "smi_mib": _SMI_WIDGETS + ": nvidia-smi 24564MiB (RLinf/RLinf#255)",
+        "runtime_bytes": "'GPU type: NVIDIA GeForce RTX 4090 ... GPU memory: 23.64GB' "
+        "(hiyouga/LlamaFactory#7234, torch's total in GiB) and PyTorch 'total capacty of 23.64 GiB' "
+        "(3DTopia/Phidias-Diffusion#8)"}),
+    _g("RTX-5090", "NVIDIA", 32, 32607, _gib(31.36), 1792, 209.5, 419, ["RTX 5090", "5090", "GeForce RTX 5090"], {
+        "spec": _DS["RTX 5090"], "smi_mib": "nvidia-smi 32607MiB ('RTX 5090 D 32607MiB', vllm-project/vllm#34076)",
+        "runtime_bytes": "PyTorch OOM messages 'total capacity of 31.36 GiB' on 32 GB cards "
+        "(stored index ids 53445870722, 60102485733)"}),
+    _g("MI300X", "AMD", 192, None, _gib(191.98), 5300, 1307.4, 2614.9, ["AMD MI300X", "Instinct MI300X"], {
+        "spec": _DS["MI300X"], "smi_mib": "not used (rocm-smi)",
+        "runtime_bytes": "PyTorch 'HIP out of memory ... total capacity of 191.98 GiB' on MI300X "
+        "(stored index id 61935719682); some ROCm builds print 191.69 GiB (id 59370625713)"}),
+    _g("MI325X", "AMD", 256, None, _gib(255.98), 6000, 1307.4, 2614.9, ["AMD MI325X", "Instinct MI325X"], {
+        "spec": _DS["MI325X"], "smi_mib": "not used (rocm-smi)",
+        "runtime_bytes": "vLLM issue text 'HIP out of memory ... total capacity of 255.98 GiB' on a "
+        "256 GB ROCm GPU (stored index id 57044329709); the card is not named there"}),
+]}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+_LOOKUP: dict[str, str] = {}
+for _g_ in GPUS.values():
+    for _n in (_g_.name, *_g_.aliases):
+        _LOOKUP[_key(_n)] = _g_.name
+
+
+def gpu_names() -> list[str]:
+    """Canonical names of every GPU in :data:`GPUS` (chapter 07)."""
+    return list(GPUS)
+
+
+def get_gpu(name) -> GPU:
+    """The :class:`GPU` called ``name`` (case, spaces and dashes ignored; aliases accepted).
+
+    A :class:`GPU` is returned as is.  Unknown names raise ``ValueError`` listing the
+    known names (chapter 07).
+    """
+    if isinstance(name, GPU):
+        return name
+    if not isinstance(name, str) or _key(name) not in _LOOKUP:
+        raise ValueError(f"gpu: unknown GPU {name!r}; known: {', '.join(GPUS)}")
+    return GPUS[_LOOKUP[_key(name)]]
+
+
+def gpu_table() -> list[dict]:
+    """Every GPU as a JSON-ready dict (:meth:`GPU.to_dict`), in table order (chapter 07)."""
+    return [g.to_dict() for g in GPUS.values()]
