@@ -109,7 +109,7 @@ def parse_version(version) -> tuple[int, int, int]:
 
 
 def default_engine(vllm_version) -> str:
-    """The engine a release runs by default: V1 from 0.8.0 (V0 is gone in 0.11), else V0."""
+    """The engine a release runs by default: V1 from 0.8.0 (V0 is gone in 0.11), else V0 (chapter 07)."""
     return "v1" if parse_version(vllm_version) >= (0, 8, 0) else "v0"
 
 
@@ -480,7 +480,7 @@ def vllm_budget(model, gpu="H100-80GB", tp: int = 1, gpu_memory_utilization: flo
     else:
         outside["cuda_context"] = CUDA_CONTEXT
     graphs = 0 if enforce_eager else (cuda_graphs if cuda_graphs is not None else CUDA_GRAPHS[engine])
-    if family == "profiling+graphs":
+    if family == "profiling+graphs" and graphs:
         comps["cuda_graphs"] = int(graphs)
     elif graphs:
         outside["cuda_graphs"] = int(graphs)
