@@ -138,12 +138,12 @@ def _g(name, vendor, spec_gb, smi_mib, runtime_bytes, bw, bf16, fp8, aliases, so
 
 #: The GPUs of chapter 07, by canonical name.
 GPUS: dict[str, GPU] = {g.name: g for g in [
-    _g("A10", "NVIDIA", 24, 23028, None, 600, 125, None, ["A10-24GB", "NVIDIA A10", "A10G"], {
+    _g("A10", "NVIDIA", 24, 23028, _gib(22.06), 600, 125, None, ["A10-24GB", "NVIDIA A10", "A10G"], {
         "spec": _DS["A10"], "smi_mib": "nvidia-smi 'NVIDIA A10G ... 0MiB / 23028MiB' (AWS A10G; public GitHub "
         "file, stored index id 21021056340); 150 W boards (A10) print the same total (id 36216951582)",
-        "runtime_bytes": "not pinned: PyTorch reports 22.06 GiB on an AWS A10G (public GitHub file, stored "
-        "index id 59672298265: 'A10G 한 장의 가용 메모리는 22.06GiB'); the plain A10 total was not found, "
-        "so usable_bytes falls back to nvidia-smi"}),
+        "runtime_bytes": "PyTorch OOM on an AWS A10G: 'GPU 0 has a total capacity of 22.06 GiB' (public GitHub "
+        "file, stored index id 59672298265). Measured on the A10G, whose board total (nvidia-smi 23028 MiB) "
+        "is the A10's; no log of a plain A10 was found"}),
     _g("L4", "NVIDIA", 24, 23034, _gib(22.04), 300, 121, 242.5, ["L4-24GB", "NVIDIA L4"], {
         "spec": _DS["L4"], "smi_mib": _SMI_WIDGETS + ": nvidia-smi 23034MiB (modal-labs/modal-client#2797)",
         "runtime_bytes": "PyTorch OOM message on an L4: 'GPU 0 has a total capacity of 22.04 GiB' "
@@ -154,7 +154,7 @@ GPUS: dict[str, GPU] = {g.name: g for g in [
         "runtime_bytes": "not pinned: 48 GB-class cards report 44.34-44.52 GiB in PyTorch OOM messages "
         "(stored index ids 54854112528, 19543808360, 70249206751) but none of them names the card"}),
     _g("A100-40GB", "NVIDIA", 40, 40960, 42298834944, 1555, 312, None,
-       ["A100-40", "A100 40GB", "A100-SXM4-40GB", "A100"], {
+       ["A100-40", "A100 40GB", "A100-SXM4-40GB"], {
         "spec": _DS["A100"], "smi_mib": _SMI_WIDGETS + ": nvidia-smi 40960MiB (modal-labs/modal-client#2797; "
         "also the nvidia-smi table in github.com/dariustanrd/tokenkaki, A100-SXM4-40GB 40960MiB)",
         "runtime_bytes": "deviceQuery on an A100-SXM4-40GB: 'Total amount of global memory: 40339 MBytes "

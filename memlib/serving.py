@@ -142,7 +142,7 @@ def scheduler_defaults(vllm_version, engine: str, gpu_bytes: int, gpu_name: str,
 
     V0: ``max(max_model_len, 2048)``, or with chunked prefill (on by default above 32K
     tokens) 512 before 0.6.5 and 2048 after; 256 sequences.  V1: 8192 (serve) / 16384
-    (``LLM``) tokens and 1024 sequences on GPUs of >= 70 GiB (A100 excluded from 0.10),
+    (``LLM``) tokens and 1024 sequences on GPUs of >= 70 GiB (A100 excluded from 0.9),
     else 2048 / 8192 tokens and 256 sequences (1024 sequences everywhere before 0.8.4).
     ``tp`` does not enter on CUDA.
     """
@@ -153,11 +153,11 @@ def scheduler_defaults(vllm_version, engine: str, gpu_bytes: int, gpu_name: str,
         if chunked:
             return (512 if v < (0, 6, 5) else 2048), 256
         return max(max_model_len, 2048), 256
-    big = gpu_bytes >= 70 * GIB and not (v >= (0, 10, 0) and "a100" in gpu_name.lower())
+    big = gpu_bytes >= 70 * GIB and not (v >= (0, 9, 0) and "a100" in gpu_name.lower())
     if v < (0, 8, 0):
         big = any(k in gpu_name.lower() for k in ("h100", "h200"))
     tokens = (16384 if usage == "llm" else 8192) if big else (8192 if usage == "llm" else 2048)
-    if v >= (0, 30, 0) and gpu_bytes >= 160 * GIB:
+    if v >= (0, 28, 0) and gpu_bytes >= 160 * GIB:        # absent in 0.25.0, present in 0.28.0
         tokens = 16384
     seqs = 1024 if (big or (0, 8, 0) <= v < (0, 8, 4)) else 256
     if v < (0, 8, 0):
@@ -299,7 +299,8 @@ def kv_cache_layout(model, available_bytes: int, max_model_len: int, tp: int = 1
 
     Concurrency: V0 and V1 < 0.9.1 print ``tokens / max_model_len``; from 0.9.1 it is
     ``num_blocks / blocks_per_request``, where a full layer needs ``⌈L/bs⌉`` blocks and a
-    sliding one ``⌈min(window - 1 + max_num_batched_tokens, L)/bs⌉ + 1``.  From 0.25 the
+    sliding one ``⌈min(window - 1 + max_num_batched_tokens, L)/bs⌉ + 1`` (also when every
+    layer slides, e.g. Mistral-7B-v0.1).  From 0.25 the
     printed token count is ``⌊concurrency · max_model_len⌋``.
 
     Returns a dict: ``num_blocks``, ``kv_cache_tokens``, ``max_concurrency``,
@@ -332,7 +333,11 @@ def kv_cache_layout(model, available_bytes: int, max_model_len: int, tp: int = 1
     else:
         num_blocks = avail // (page * n_layers)
         tokens = num_blocks * block_size
-        concurrency = num_blocks / blocks_req_full if new_v1 else tokens / L
+        per_req = blocks_req_full
+        if n_full == 0 and n_slide and new_v1:          # every layer slides: SlidingWindowSpec
+            slide_tokens = min(spec.sliding_window - 1 + max_num_batched_tokens, L)
+            per_req = -(-slide_tokens // block_size) + 1
+        concurrency = num_blocks / per_req if new_v1 else tokens / L
         kv_bytes = num_blocks * page * n_layers
     if engine == "v1" and v >= (0, 25, 0):
         tokens = int(concurrency * L)

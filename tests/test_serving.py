@@ -48,7 +48,8 @@ def test_scheduler_defaults():
     assert S.scheduler_defaults("0.9.2", "v1", H100, "H100", 8192, usage="llm") == (16384, 1024)
     assert S.scheduler_defaults("0.9.2", "v1", L40S, "L40S", 8192) == (2048, 256)
     assert S.scheduler_defaults("0.8.3", "v1", L40S, "L40S", 8192) == (2048, 1024)   # 1024 everywhere < 0.8.4
-    assert S.scheduler_defaults("0.10.1", "v1", 79 * GIB, "A100-80GB", 8192) == (2048, 256)  # A100 excluded
+    assert S.scheduler_defaults("0.9.0", "v1", 79 * GIB, "A100-80GB", 8192) == (2048, 256)  # A100 excluded
+    assert S.scheduler_defaults("0.8.5", "v1", 79 * GIB, "A100-80GB", 8192) == (8192, 1024)
 
 
 # -- weights ----------------------------------------------------------------------------------
@@ -136,6 +137,16 @@ def test_hybrid_allocator_by_hand():
     # before 0.9.1 every layer holds the whole context
     old = S.kv_cache_layout("gemma-2-9b", avail, 8192, vllm_version="0.8.5")
     assert not old["hybrid"] and old["num_blocks"] == avail // (page * 42)
+
+
+def test_all_sliding_layers_cap_a_request_at_the_window():
+    # Mistral-7B-v0.1: 32 layers, all sliding (window 4096), 8 KV heads x 128 x 2 B = 4096 B/token/layer
+    avail = 32 * 16 * 4096 * 1000
+    lay = S.kv_cache_layout("Mistral-7B-v0.1", avail, 32768, vllm_version="0.10.2", max_num_batched_tokens=2048)
+    assert lay["num_blocks"] == 1000 and not lay["hybrid"]
+    assert lay["max_concurrency"] == pytest.approx(1000 / (-(-(4095 + 2048) // 16) + 1))   # 385 blocks
+    assert S.kv_cache_layout("Mistral-7B-v0.1", avail, 32768, vllm_version="0.8.5")["max_concurrency"] == \
+        pytest.approx(16000 / 32768)
 
 
 def test_kv_needed_for_one_request():
