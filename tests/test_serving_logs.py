@@ -213,3 +213,22 @@ def test_cuda_graphs_sit_on_top_of_the_budget_before_0_21():
 
 def test_quantities_are_the_tables_columns():
     assert set(TARGET) | {"non_torch"} == set(QUANTITIES)
+
+
+def test_memlib_constants_are_the_medians_of_the_measured_overheads():
+    """NON_TORCH_* and CUDA_GRAPHS are medians of real logs (data/serving/overheads.json), not
+    rules of thumb; CUDA_CONTEXT is the one calibrated reading (log 02) and lies in the range."""
+    import statistics
+    from memlib.measure.vllm_logs import load_overheads, overhead_ranges
+    rows = [r for r in load_overheads() if r["released"]]
+    nt1 = [r["gib"] for r in rows if r["overhead"] == "non_torch" and r["tp"] == 1]
+    ntn = [r["gib"] for r in rows if r["overhead"] == "non_torch" and r["tp"] > 1]
+    assert len(nt1) == 9 and V.NON_TORCH_TP1 == int(statistics.median(nt1) * GIB)
+    assert V.NON_TORCH_TPN == int(statistics.median(ntn) * GIB)
+    graphs = {e: [r["gib"] for r in rows if r["overhead"] == "cuda_graphs" and r["context"].startswith(e.upper())]
+              for e in ("v0", "v1")}
+    assert all(V.CUDA_GRAPHS[e] == int(statistics.median(g) * GIB) for e, g in graphs.items())
+    ctx = overhead_ranges(rows)["cuda_context"]
+    assert ctx["low"] <= round(V.CUDA_CONTEXT / GIB, 6) <= ctx["high"] and ctx["n"] == 3
+    gap = overhead_ranges(rows)["allocator_gap"]
+    assert gap["high_share"] < 0.08          # reserved-but-unallocated: well under the "20-30 %" of the articles

@@ -147,3 +147,32 @@ def log_rows(records=None) -> list[dict]:
                          "fully_known": r["fully_known"], "quantity": key, "predicted": pv, "logged": lv,
                          "error": relative_error(pv, lv)})
     return rows
+
+
+def load_overheads(path=None) -> list[dict]:
+    """Every measured overhead row of ``data/serving/overheads.json`` (chapter 07): the
+    non-torch memory vLLM's profiler printed, CUDA context, NCCL/RCCL buffers, BLAS
+    workspaces, CUDA graphs and the caching allocator's reserved-but-unallocated gap, in
+    GiB per GPU, each with its source."""
+    p = Path(path) if path is not None else DATA_DIR / "overheads.json"
+    return json.loads(p.read_text())["rows"]
+
+
+def overhead_ranges(rows=None) -> dict:
+    """``{overhead: {"low", "median", "high", "n", "sources"}}`` in GiB over the released
+    builds' rows (chapter 07).  ``allocator_gap`` also gets ``low_share``/``high_share``/
+    ``median_share``: the gap as a fraction of the bytes allocated."""
+    import statistics
+    out: dict = {}
+    for r in rows if rows is not None else load_overheads():
+        if r["released"]:
+            out.setdefault(r["overhead"], []).append(r)
+    ranges = {}
+    for name, rs in out.items():
+        v = [r["gib"] for r in rs]
+        ranges[name] = {"low": min(v), "median": statistics.median(v), "high": max(v), "n": len(v),
+                        "sources": sorted({r["source"] for r in rs})}
+        if name == "allocator_gap":
+            s = [r["gib"] / r["allocated_gib"] for r in rs]
+            ranges[name].update(low_share=min(s), median_share=statistics.median(s), high_share=max(s))
+    return ranges
