@@ -429,3 +429,14 @@ def gpus_needed(model, gpu="H100-80GB", max_model_len: int = 8192, concurrency: 
             return Breakdown(b.components, title=b.title, kinds=b.kinds,
                              meta={**b.meta, "gpus": tp, "concurrency": need})
     return None
+
+
+def which_gpus(model, max_model_len: int = 8192, concurrency: int = 1, quantization: str | None = None,
+               kv_dtype: str = "auto", gpus=None, max_tp: int = 8, **knobs) -> dict:
+    """For every GPU of :data:`memlib.hardware.GPU_TABLE` (or ``gpus``): the smallest number of
+    them that serves ``concurrency`` requests of ``max_model_len`` tokens, as
+    :func:`gpus_needed`'s per-GPU budget, or None when ``max_tp`` are not enough (chapter 07).
+    Returns ``{gpu name: Breakdown | None}``; ``knobs`` go to :func:`vllm_budget`."""
+    from .hardware import gpu_names
+    return {g: gpus_needed(model, g, max_model_len, concurrency, max_tp, quantization=quantization,
+                           kv_dtype=kv_dtype, **knobs) for g in (gpus or gpu_names())}
