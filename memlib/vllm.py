@@ -58,6 +58,7 @@ from .breakdown import Breakdown
 from .hardware import GPU, get_gpu
 from .serving import (QUANTIZATIONS, kv_bytes_per_request, kv_heads_per_gpu, layer_kv_bytes_per_gpu,
                       lora_slot_bytes, weights_per_gpu)
+from .scenario import check_seq_len
 from .spec import ModelSpec, load_spec
 from .units import GiB
 from .validation import choice, fraction, positive_int
@@ -347,7 +348,8 @@ def vllm_budget(model, gpu="H100-80GB", tp: int = 1, gpu_memory_utilization: flo
     ``num_blocks``, ``max_concurrency``, ``available_kv_bytes``, the scheduler values used,
     and ``outside_budget`` (memory vLLM uses on top of the budget: the CUDA context where
     it is not charged, CUDA graphs before 0.21).  ``weights``, ``non_torch``,
-    ``activation`` and ``cuda_graphs`` accept measured values instead of memlib's.  A model
+    ``activation`` and ``cuda_graphs`` accept measured values instead of memlib's.
+    ``max_model_len`` defaults to, and may not exceed, ``max_position_embeddings``.  A model
     that does not fit gives ``kv_cache = 0`` and a negative ``meta["available_kv_bytes"]``.
     A draft model's layers share the pool: its per-token bytes are added to the page.
     """
@@ -362,7 +364,7 @@ def vllm_budget(model, gpu="H100-80GB", tp: int = 1, gpu_memory_utilization: flo
     kv = kv_dtype_of(kv_dtype, dtype)
     total, total_source = _total_bytes(gpu, total_gpu_memory)
     gpu_name = gpu.name if isinstance(gpu, GPU) else str(gpu)
-    L = positive_int("max_model_len", max_model_len or spec.max_position_embeddings)
+    L = check_seq_len(spec, max_model_len or spec.max_position_embeddings, "max_model_len")
     chunking = True if enable_chunked_prefill is None else bool(enable_chunked_prefill)
     d_tokens, d_seqs = scheduler_defaults(v, engine, total, gpu_name, L, usage, chunking)
     T = positive_int("max_num_batched_tokens", max_num_batched_tokens or d_tokens)

@@ -13,15 +13,15 @@ number of every record is compared (``test_every_logged_number``), against these
   range of ``data/serving/OVERHEADS.md``, and memlib's constant inside it.
 
 Printed numbers are rounded: half a unit of their last printed digit is allowed on top.
-What memlib does not predict is listed in ``NOT_PREDICTED`` with the reason (mirrored in
-``data/serving/UNPREDICTED.md``) and a bound that is asserted, so a change that makes a
+What memlib does not predict is listed in ``memlib.measure.vllm_logs.KNOWN_MISSES`` with the
+reason (mirrored in ``data/serving/UNPREDICTED.md``; chapter 07 prints it) and a bound that is asserted, so a change that makes a
 miss worse fails; a listed miss that starts to meet its target fails too (remove it).
 """
 import pytest
 
 from memlib import vllm as V
-from memlib.measure.vllm_logs import (QUANTITIES, kv_pair, load_vllm_logs, log_rows, predict_vllm_log,
-                                      record_model, relative_error)
+from memlib.measure.vllm_logs import (KNOWN_MISSES, NON_TORCH_NOT_TESTED, QUANTITIES, kv_pair, load_vllm_logs,
+                                      log_rows, predict_vllm_log, record_model, relative_error)
 
 RECORDS = {r["id"]: r for r in load_vllm_logs()}
 PRED = {i: predict_vllm_log(r) for i, r in RECORDS.items()}
@@ -30,44 +30,8 @@ GIB = 2**30
 KV_KEYS = ("kv_cache_gib", "num_blocks", "kv_cache_tokens", "max_concurrency")
 TARGET = {"weights": 0.01, "activation": 0.10, "kv_needed_gib": 0.0, **dict.fromkeys(KV_KEYS, 0.05)}
 
-#: (record id, quantity or "kv" for every KV number) -> (bound on |error|, or None when memlib
-#: cannot predict it at all, reason).  Mirrored in data/serving/UNPREDICTED.md.
-NOT_PREDICTED = {
-    ("05_llama-3.1-8b_l40s_v0.8.5dev", "kv"): (
-        0.25, "inputs not fully known (development build, sampler path); the logged tokens imply ~4 GiB more "
-              "non-KV memory than memlib's model: unexplained"),
-    ("06_qwen3-235b-a22b-fp8_4xh100_tp4", "kv"): (
-        0.30, "release not stated, LMCache connector, FP8 block-quantised MoE kernels: ~2 GiB per GPU of "
-              "workspaces not modelled; the pool is the minimum over 4 ranks"),
-    ("09_llama-2-7b_8xmi300x_v0.6.3_tp8", "weights"): (
-        0.015, "ROCm tp=8: each rank's load leaves 17.5 MiB more than its weight shards and RoPE table"),
-    ("12_phi-4-gptq_80gb_v0.6.5", "kv"): (
-        0.10, "its non-torch memory is 0.26 GiB against the 0.07 GiB median memlib uses; on a 0.15 x 79 GiB "
-              "budget that 0.19 GiB is 9 % of the KV cache (with the logged non-torch: within 0.3 %)"),
-    ("13_llama-2-7b_h100_v0.8-v0_lora", "activation"): (
-        None, "the profile run loads max_loras dummy adapters and runs the Punica kernels; neither is in the "
-              "activation model, and the record's LoRA flags are not in the log"),
-    ("14_llama-3.1-70b-w8a8_80gb_v0.7.1-v1", "kv"): (
-        0.20, "GPU not stated (H100 assumed); the V1 0.7 torch.compile profile run is not modelled"),
-    ("16_llama-2-70b_4xa100-80gb_v0.2.5_tp4", "kv"): (
-        0.55, "vLLM 0.2.5 counted ~13 GiB per GPU of NCCL/cupy buffers at tp=4 that no later release has"),
-    ("17_llama-3.1-8b_jetson-thor_v0.10.2", "kv"): (
-        None, "the GPU total is not printed (Jetson Thor shares memory with the CPU): only the block "
-              "arithmetic from the logged KV memory is checked"),
-    ("18_deepseek-v2-lite_v0.8.3dev_kv-needed", "kv"): (
-        None, "two unnamed 22 GB GPUs, total not printed: only the KV one request needs is checked"),
-}
-
 #: Measured non-torch ranges (data/serving/OVERHEADS.md), GiB per GPU.
 NON_TORCH_RANGE = {"tp1": (0.0, 0.30), "tpN": (0.15, 0.30)}
-#: Non-torch values that cannot test the range, and why.
-NON_TORCH_NOT_TESTED = {
-    "02_llama-3.1-8b_rtx3090_v0.6.4_20k": "calibration log of CUDA_CONTEXT (0.6.4 counts the context as non-torch)",
-    "03_llama-3.1-8b_rtx3090_v0.6.4_29k": "same run as 02: the context constant was calibrated here",
-    "04_llama-3-8b_h100_v0.6.5dev_tp1": "development build that printed 1.79 GiB at tp=1 (released builds: <= 0.28)",
-}
-
-
 def _decimals(x) -> int:
     text = repr(float(x))
     return len(text.split(".")[1]) if "." in text and not float(x).is_integer() else 0
@@ -82,7 +46,7 @@ def _rounding(row) -> float:
 
 def _listed(row):
     key = "kv" if row["quantity"] in KV_KEYS else row["quantity"]
-    return NOT_PREDICTED.get((row["id"], key))
+    return KNOWN_MISSES.get((row["id"], key))
 
 
 def _rid(row):
@@ -134,7 +98,7 @@ def test_every_logged_number(row):
 
 def test_every_listed_miss_is_a_logged_number():
     listed = {(r["id"], "kv" if r["quantity"] in KV_KEYS else r["quantity"]) for r in ROWS}
-    assert set(NOT_PREDICTED) <= listed
+    assert set(KNOWN_MISSES) <= listed
 
 
 FULLY = [i for i in sorted(RECORDS) if RECORDS[i]["fully_known"]]
@@ -142,7 +106,7 @@ FULLY = [i for i in sorted(RECORDS) if RECORDS[i]["fully_known"]]
 
 def test_fully_known_logs_meet_the_kv_target_but_one():
     """Issue target: KV tokens within 5 % for the logs whose inputs are fully known.  One
-    (12) misses it, because its non-torch memory is far from the median (NOT_PREDICTED)."""
+    (12) misses it, because its non-torch memory is far from the median (KNOWN_MISSES)."""
     errors = {i: relative_error(*kv_pair(PRED[i])[1:]) for i in FULLY}
     assert len(FULLY) >= 10 and all(e is not None for e in errors.values())
     missed = [i for i, e in errors.items() if abs(e) > 0.05]

@@ -222,3 +222,5 @@ def test_bad_inputs_name_the_field():
         V.vllm_budget("Llama-3.1-8B", tp=0)
     with pytest.raises(ValueError, match="quantization"):
         V.vllm_budget("Llama-3.1-8B", quantization="int2")
+    with pytest.raises(ValueError, match="max_model_len"):          # Llama-2-13b: 4096 positions
+        V.vllm_budget("Llama-2-13b", max_model_len=8192)

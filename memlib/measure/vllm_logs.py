@@ -34,6 +34,43 @@ QUANTITIES = {"weights": ("weights", "GiB"), "activation": ("activation peak", "
               "max_concurrency": ("concurrency", "x"), "kv_needed_gib": ("KV for one request", "GiB")}
 
 
+#: (record id, quantity or "kv" for every KV number) -> (bound on |error|, or None when memlib
+#: cannot predict it at all, reason).  Mirrored in data/serving/UNPREDICTED.md;
+#: tests/test_serving_logs.py asserts each bound, and that each miss still misses its target.
+KNOWN_MISSES = {
+    ("05_llama-3.1-8b_l40s_v0.8.5dev", "kv"): (
+        0.25, "inputs not fully known (development build, sampler path); the logged tokens imply ~4 GiB more "
+              "non-KV memory than memlib's model: unexplained"),
+    ("06_qwen3-235b-a22b-fp8_4xh100_tp4", "kv"): (
+        0.30, "release not stated, LMCache connector, FP8 block-quantised MoE kernels: ~2 GiB per GPU of "
+              "workspaces not modelled; the pool is the minimum over 4 ranks"),
+    ("09_llama-2-7b_8xmi300x_v0.6.3_tp8", "weights"): (
+        0.015, "ROCm tp=8: each rank's load leaves 17.5 MiB more than its weight shards and RoPE table"),
+    ("12_phi-4-gptq_80gb_v0.6.5", "kv"): (
+        0.10, "its non-torch memory is 0.26 GiB against the 0.07 GiB median memlib uses; on a 0.15 x 79 GiB "
+              "budget that 0.19 GiB is 9 % of the KV cache (with the logged non-torch: within 0.3 %)"),
+    ("13_llama-2-7b_h100_v0.8-v0_lora", "activation"): (
+        None, "the profile run loads max_loras dummy adapters and runs the Punica kernels; neither is in the "
+              "activation model, and the record's LoRA flags are not in the log"),
+    ("14_llama-3.1-70b-w8a8_80gb_v0.7.1-v1", "kv"): (
+        0.20, "GPU not stated (H100 assumed); the V1 0.7 torch.compile profile run is not modelled"),
+    ("16_llama-2-70b_4xa100-80gb_v0.2.5_tp4", "kv"): (
+        0.55, "vLLM 0.2.5 counted ~13 GiB per GPU of NCCL/cupy buffers at tp=4 that no later release has"),
+    ("17_llama-3.1-8b_jetson-thor_v0.10.2", "kv"): (
+        None, "the GPU total is not printed (Jetson Thor shares memory with the CPU): only the block "
+              "arithmetic from the logged KV memory is checked"),
+    ("18_deepseek-v2-lite_v0.8.3dev_kv-needed", "kv"): (
+        None, "two unnamed 22 GB GPUs, total not printed: only the KV one request needs is checked"),
+}
+
+#: Non-torch values that cannot test the range, and why.
+NON_TORCH_NOT_TESTED = {
+    "02_llama-3.1-8b_rtx3090_v0.6.4_20k": "calibration log of CUDA_CONTEXT (0.6.4 counts the context as non-torch)",
+    "03_llama-3.1-8b_rtx3090_v0.6.4_29k": "same run as 02: the context constant was calibrated here",
+    "04_llama-3-8b_h100_v0.6.5dev_tp1": "development build that printed 1.79 GiB at tp=1 (released builds: <= 0.28)",
+}
+
+
 def load_vllm_logs(directory=None) -> list[dict]:
     """Every stored vLLM start-up log record (one JSON file each), sorted by id (chapter 07)."""
     d = Path(directory) if directory is not None else LOGS_DIR

@@ -19,9 +19,9 @@ from ..vllm import which_gpus
 #: The order and colours of a budget's parts on the stacked bars.
 BUDGET_PARTS = {"weights": "#4C72B0", "lora_slots": "#64B5CD", "draft_weights": "#8172B3",
                 "activation_peak": "#DD8452", "non_torch": "#937860", "cuda_context": "#B07AA1",
-                "cuda_graphs": "#DA8BC3", "cuda_context (outside budget)": "#B07AA1",
-                "cuda_graphs (outside budget)": "#DA8BC3", "kv_cache: your requests": "#55A868",
-                "kv_cache: spare": "#A6D8A8", "unallocated": "#CCCCCC"}
+                "cuda_graphs": "#DA8BC3", "kv_cache: your requests": "#55A868",
+                "kv_cache: spare": "#A6D8A8", "unallocated": "#CCCCCC",
+                "cuda_context (outside budget)": "#B07AA1", "cuda_graphs (outside budget)": "#DA8BC3"}
 #: Quantisations offered by the explorer (None: the checkpoint's dtype).
 QUANT_OPTIONS = [("bf16", None)] + [(q, q) for q in QUANTIZATIONS if q]
 
@@ -132,7 +132,7 @@ def plot_log_errors(predictions, ax, band: float = 0.05):
     ax.set_yticklabels([r[0][:34] for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("KV cache: (predicted − logged) / logged, %")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
     return ax
 
 
