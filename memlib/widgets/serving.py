@@ -74,58 +74,44 @@ def plot_gpu_budgets(results: dict, ax, unit_name: str = "GiB"):
 
 
 def plot_logged_vs_predicted(predictions, ax, band: float = 0.05):
-    """memlib's KV-cache tokens (or blocks, or GiB where only that was printed) against what
-    every stored vLLM log printed, log-log, with a ±``band`` strip; fully known logs are
-    filled markers.  ``predictions`` are :func:`memlib.measure.vllm_logs.predict_vllm_log`
-    results (those without an end-to-end prediction are left out).  Returns ``ax``."""
-    import numpy as np
-
+    """memlib's KV-cache tokens against what every stored vLLM log printed (blocks of 16 count
+    as tokens), log-log, with a ±``band`` strip (:func:`memlib.plotting.plot_predicted_vs_measured`),
+    one colour for the logs whose inputs are fully known and one for the others.
+    ``predictions`` are ``(predict_vllm_log result, fully_known)`` pairs; logs that printed only
+    GiB, or have no end-to-end prediction, are left out.  Returns ``ax``."""
     from ..measure.vllm_logs import kv_pair
+    from ..plotting import plot_predicted_vs_measured
     pts = []
     for p, fully in predictions:
         key, pv, lv = kv_pair(p)
-        if key is None:
-            continue
-        if key == "num_blocks":                       # V0 prints blocks of block_size tokens
-            pv, lv = pv * 16, lv * 16
-        if key == "kv_cache_gib":
-            continue
-        pts.append((lv, pv, fully, p["id"][:2]))
-    x = np.array([t[0] for t in pts], float)
-    y = np.array([t[1] for t in pts], float)
-    lo, hi = min(x.min(), y.min()) * 0.7, max(x.max(), y.max()) * 1.4
-    ax.fill_between([lo, hi], [lo * (1 - band), hi * (1 - band)], [lo * (1 + band), hi * (1 + band)],
-                    color="0.88", label=f"±{band:.0%}")
-    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-    for fully, style, label in ((True, dict(color="#4C72B0"), "inputs fully known"),
-                                (False, dict(color="#C44E52", mfc="none"), "inputs partly assumed")):
-        idx = [i for i, t in enumerate(pts) if t[2] == fully]
-        ax.plot(x[idx], y[idx], "o", ms=5, label=label, **style)
+        if key in ("kv_cache_tokens", "num_blocks"):
+            scale = 16 if key == "num_blocks" else 1          # V0 prints blocks of 16 tokens
+            pts.append((lv * scale, pv * scale, "inputs fully known" if fully else "inputs partly assumed",
+                        p["id"][:2]))
+    plot_predicted_vs_measured([t[0] for t in pts], [t[1] for t in pts], ax, groups=[t[2] for t in pts],
+                               band=band, unit="B")
     for lv, pv, _, tag in pts:
         ax.annotate(tag, (lv, pv), textcoords="offset points", xytext=(4, -3), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
     ax.set_xlabel("KV-cache tokens vLLM printed at start-up")
     ax.set_ylabel("KV-cache tokens memlib predicts")
-    ax.legend(fontsize=8, loc="upper left")
     return ax
 
 
 def plot_log_errors(predictions, ax, band: float = 0.05):
     """The error of memlib's end-to-end KV-cache prediction for every stored log that has one,
     ``(predicted − logged) / logged`` in %, of the most specific number printed (tokens, else
-    blocks, else GiB), with the ±``band`` target; fully known logs are filled markers.
+    blocks, else GiB), with the ±``band`` target; fully known logs are circles, the others
+    squares (the colours of :func:`plot_logged_vs_predicted`).
     ``predictions`` are ``(predict_vllm_log result, fully_known)`` pairs.  Returns ``ax``."""
     from ..measure.vllm_logs import kv_pair, relative_error
     rows = [(p["id"], relative_error(*kv_pair(p)[1:]), fully) for p, fully in predictions
             if kv_pair(p)[0] is not None]
     ax.axvspan(-100 * band, 100 * band, color="0.88", label=f"±{band:.0%} target")
     ax.axvline(0, color="k", lw=0.8)
+    from ..plotting import color_for
     for i, (rid, err, fully) in enumerate(rows):
-        ax.plot([100 * err], [i], "o", ms=5, color="#4C72B0" if fully else "#C44E52",
-                mfc=None if fully else "none")
+        ax.plot([100 * err], [i], "o" if fully else "s", ms=5,
+                color=color_for("inputs fully known" if fully else "inputs partly assumed"))
     errs = [100 * r[1] for r in rows]
     ax.set_xlim(min(-10.0, min(errs) - 3), max(errs) + 5)
     ax.set_yticks(range(len(rows)))
