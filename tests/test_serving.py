@@ -157,36 +157,43 @@ def test_bad_inputs_name_the_field():
 
 # -- the command line -------------------------------------------------------------------------
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "memlib", *args], capture_output=True, text=True, cwd=ROOT)
+def run(capsys, *args):
+    """``python -m memlib ARGS`` in process: (exit status, stdout, stderr)."""
+    from memlib.cli import main
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
-def test_serve_json_contract():
-    out = run("serve", "Qwen3-8B", "--gpu", "A100-40GB", "--max-model-len", "40960", "--vllm-version", "0.9.2",
-              "--sampler", "sort", "--json")
-    assert out.returncode == 0, out.stderr
-    d = json.loads(out.stdout)
+def test_serve_json_contract(capsys):
+    rc, out, err = run(capsys, "serve", "Qwen3-8B", "--gpu", "A100-40GB", "--max-model-len", "40960",
+                       "--vllm-version", "0.9.2", "--sampler", "sort", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
     b = memlib.vllm_budget("Qwen3-8B", "A100-40GB", max_model_len=40960, vllm_version="0.9.2", sampler="sort")
     assert d["kv_cache_tokens"] == b.meta["kv_cache_tokens"] and d["components"] == dict(b.components)
     assert d["kv_cache_bytes"] == d["components"]["kv_cache"] and d["max_concurrency"] == b.meta["max_concurrency"]
 
 
-def test_serve_flags_and_errors():
-    d = json.loads(run("serve", "Llama-3.1-8B", "--gpu", "H100-80GB", "--tp", "2", "--kv-dtype", "fp8",
-                       "--max-num-batched-tokens", "4096", "--json").stdout)
-    assert d["tp"] == 2 and d["kv_dtype"] == "fp8" and d["max_num_batched_tokens"] == 4096
-    table = run("serve", "Llama-3.1-8B", "--max-model-len", "8192")
-    assert table.returncode == 0 and "KV cache:" in table.stdout
+def test_serve_flags_and_errors(capsys):
+    rc, out, _ = run(capsys, "serve", "Llama-3.1-8B", "--gpu", "H100-80GB", "--tp", "2", "--kv-dtype", "fp8",
+                     "--max-num-batched-tokens", "4096", "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["tp"] == 2 and d["kv_dtype"] == "fp8" and d["max_num_batched_tokens"] == 4096
+    rc, out, _ = run(capsys, "serve", "Llama-3.1-8B", "--max-model-len", "8192")
+    assert rc == 0 and "KV cache:" in out
     for bad, field in ((("--gpu", "V100"), "gpu"), (("--tp", "0"), "tp"),
-                       (("--gpu-memory-utilization", "1.5"), "gpu_memory_utilization")):
-        out = run("serve", "Llama-3.1-8B", *bad)
-        assert out.returncode == 2 and out.stderr.count("\n") == 1 and field in out.stderr, out.stderr
+                       (("--gpu-memory-utilization", "1.5"), "gpu_memory_utilization"),
+                       (("--max-model-len", "200000"), "max_model_len")):
+        rc, _, err = run(capsys, "serve", "Llama-3.1-8B", *bad)
+        assert rc == 2 and err.count("\n") == 1 and field in err, err
 
 
-def test_gpus_command():
-    d = json.loads(run("gpus", "--json").stdout)
-    assert [r["name"] for r in d] == memlib.hardware.gpu_names()
-    assert "H100-80GB" in run("gpus").stdout
+def test_gpus_command(capsys):
+    rc, out, _ = run(capsys, "gpus", "--json")
+    assert rc == 0 and [r["name"] for r in json.loads(out)] == memlib.hardware.gpu_names()
+    rc, out, _ = run(capsys, "gpus")
+    assert rc == 0 and "H100-80GB" in out
 
 
 def test_the_serving_core_imports_only_numpy():
