@@ -10,6 +10,10 @@ The core imports only numpy.  Plotting (matplotlib), widgets (ipywidgets) and th
     1073741824
     >>> memlib.train_memory("Llama-3.1-8B", batch_size=1, seq_len=2048).peak_phase
     'step'
+    >>> b = memlib.vllm_budget("Qwen3-8B", "A100-40GB", max_model_len=40960, vllm_version="0.9.2",
+    ...                        sampler="sort")     # vLLM 0.9.2 printed "num_gpu_blocks is: 8505"
+    >>> abs(b.meta["num_blocks"] - 8505) / 8505 < 0.01
+    True
 """
 from . import spec as _spec
 from .breakdown import KINDS, Breakdown, combine
@@ -23,8 +27,10 @@ from .weights import bits_per_param, weight_formats, weight_memory
 from .inference import inference_memory
 from .training import Stage, state_bytes, train_memory
 from .lora import lora_fit, lora_memory, lora_params
-from .serving import max_concurrency, serving_breakdown
-from .hardware import GPUS, gpu_bytes
+from .serving import (draft_model_cost, kv_bytes_per_request, lora_slot_bytes, max_concurrency, preemption_cost,
+                      prefix_cache_kv, serving_breakdown, weights_per_gpu)
+from .vllm import gpus_needed, vllm_budget
+from .hardware import GPU_TABLE, GPUS, get_gpu, gpu_bytes
 
 __version__ = "0.1.0"
 
@@ -50,4 +56,6 @@ __all__ = ["Breakdown", "combine", "KINDS", "Scenario", "Stage", *_spec.__all__,
            "count_params", "total_params", "active_params", "linear_layers", "weight_memory", "weight_formats",
            "bits_per_param", "kv_cache", "kv_bytes", "kv_summary", "bytes_per_token", "max_concurrency",
            "serving_breakdown", "inference_memory", "train_memory", "state_bytes", "lora_memory", "lora_fit",
-           "lora_params", "GPUS", "gpu_bytes", "fmt_bytes", "GiB", "GB", *_LAZY]
+           "lora_params", "weights_per_gpu", "kv_bytes_per_request", "prefix_cache_kv", "preemption_cost",
+           "draft_model_cost", "lora_slot_bytes", "vllm_budget", "gpus_needed", "GPUS", "GPU_TABLE", "get_gpu",
+           "gpu_bytes", "fmt_bytes", "GiB", "GB", *_LAZY]

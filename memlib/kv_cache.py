@@ -13,7 +13,10 @@ transformers holds right after a prefill (the bench measures it): its sliding ca
 the last ``window - 1`` tokens as a *view* of the prefill's K/V tensors, and a view keeps
 the whole storage alive; each sliding layer also keeps an 8-byte window-size tensor; and
 Falcon's ``new_decoder_architecture`` caches K/V broadcast to every query head (chapter
-02 names these quirks).  Totals are ``batch_size ×`` the per-sequence bytes.  All
+02 names these quirks).  ``runtime="vllm"`` is what vLLM's paged cache holds for a request
+(chapter 07): every layer in blocks of ``block_size`` tokens (16 unless given), and a
+sliding layer frees only the blocks wholly outside its window, holding
+``⌈s/bs⌉ − ⌊max(0, s − window + 1)/bs⌋`` blocks (``SlidingWindowManager``, vLLM V1).  Totals are ``batch_size ×`` the per-sequence bytes.  All
 functions take numpy arrays for ``batch_size`` and ``seq_len`` and return arrays.
 """
 from __future__ import annotations
@@ -32,6 +35,8 @@ KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
 MLA_FORMS = ("latent", "expanded")
 #: Bytes of the window-size tensor (int64) transformers keeps per sliding layer.
 WINDOW_SCALAR_BYTES = 8
+#: vLLM's default block: 16 tokens of every layer (``--block-size``).
+VLLM_BLOCK_SIZE = 16
 
 
 def _kv_dtype(kv_dtype) -> float:
@@ -77,6 +82,13 @@ def cached_tokens(spec: ModelSpec, seq_len, runtime: str = "minimal"):
     return seq_len, (np.minimum(seq_len, cap) if isinstance(seq_len, np.ndarray) else min(int(seq_len), cap))
 
 
+def vllm_window_blocks(seq_len, window: int, block_size: int = VLLM_BLOCK_SIZE):
+    """Blocks a vLLM sliding-window layer holds for a request of ``seq_len`` tokens (chapter 07):
+    ``⌈s/bs⌉ − ⌊max(0, s − window + 1)/bs⌋`` -- the blocks wholly before the window are freed."""
+    skipped = np.maximum(seq_len - window + 1, 0) if isinstance(seq_len, np.ndarray) else max(seq_len - window + 1, 0)
+    return -(-seq_len // block_size) - skipped // block_size
+
+
 @exact_sweeps("seq_len", "batch_size")
 def kv_cache(model, seq_len, batch_size=1, kv_dtype: str = "bf16", mla_form: str = "latent",
              block_size: int | None = None, runtime: str = "minimal") -> Breakdown:
@@ -86,7 +98,9 @@ def kv_cache(model, seq_len, batch_size=1, kv_dtype: str = "bf16", mla_form: str
     ``full_layers`` and ``sliding_layers``; with ``block_size`` (paged attention, e.g. 16)
     each layer's tokens are rounded up to whole blocks and the rounding is the
     ``paging_waste`` component; with ``runtime="transformers"``, ``window_scalars`` (8
-    bytes per sliding layer).  ``seq_len``/``batch_size`` may be numpy arrays.
+    bytes per sliding layer); ``runtime="vllm"`` pages by 16 tokens unless ``block_size``
+    says otherwise, and a sliding layer's ``paging_waste`` counts the blocks vLLM keeps
+    around its window (:func:`vllm_window_blocks`).  ``seq_len``/``batch_size`` may be numpy arrays.
     """
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
@@ -98,12 +112,17 @@ def kv_cache(model, seq_len, batch_size=1, kv_dtype: str = "bf16", mla_form: str
     comps = {"full_layers": batch_size * n_full * full_tok * per_layer}
     if n_sliding:
         comps["sliding_layers"] = batch_size * n_sliding * slide_tok * per_layer
+    if runtime == "vllm" and block_size is None:
+        block_size = VLLM_BLOCK_SIZE
     if block_size is not None:
         block_size = positive_int("block_size", block_size)
 
         def rounded(t):
             return -(-t // block_size) * block_size
-        waste = n_full * (rounded(full_tok) - full_tok) + n_sliding * (rounded(slide_tok) - slide_tok)
+        slide_held = rounded(slide_tok)
+        if runtime == "vllm" and n_sliding:
+            slide_held = vllm_window_blocks(seq_len, spec.sliding_window, block_size) * block_size
+        waste = n_full * (rounded(full_tok) - full_tok) + n_sliding * (slide_held - slide_tok)
         comps["paging_waste"] = batch_size * waste * per_layer
     if runtime == "transformers" and n_sliding:
         comps["window_scalars"] = WINDOW_SCALAR_BYTES * n_sliding + 0 * batch_size * seq_len
@@ -208,7 +227,7 @@ def beam_search_kv(model, prompt_len: int, new_tokens: int, num_beams, kv_dtype:
     meta = {"num_beams": n, "prompt_len": P, "new_tokens": T, "share_prefix": share_prefix,
             "bytes_per_token": pt, "block_size": block_size}
     how = "shared prompt" if share_prefix else "prompt copied per beam"
-    return Breakdown(comps, title=f"{spec.name} beam search KV ({how})", meta=meta)
+    return Breakdown(comps, title=f"{spec.name} beam search KV ({how})", kinds="kv", meta=meta)
 
 
 def kv_summary(model, seq_len, batch_size=1, kv_dtype="bf16", mla_form="latent",

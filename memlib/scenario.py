@@ -11,7 +11,9 @@ architecture (DESIGN §4, "Runtime"):
   ``window - 1`` tokens), which serving engines approach;
 * ``"transformers"``: what Hugging Face transformers allocates in the reference scenarios,
   which the bench measures: its sliding caches keep a view of the whole prefill, Falcon
-  expands K/V to every head, Gemma 2 runs eager attention...
+  expands K/V to every head, Gemma 2 runs eager attention...;
+* ``"vllm"``: what vLLM's paged KV cache holds (chapter 07): blocks of 16 tokens, and a
+  sliding-window layer frees the blocks that fall wholly outside its window.
 
 Training is modelled for transformers only (``runtime="transformers"``).
 """
@@ -31,7 +33,7 @@ OPTIMIZERS = ("adamw", "sgd", "sgd_momentum", "adafactor", "adamw_8bit", "lion")
 #: all at once with ``torch._foreach_*`` (PyTorch's default on CUDA), or one fused kernel.
 OPTIMIZER_IMPLS = ("loop", "foreach", "fused")
 DEFAULT_OPTIMIZER_IMPL = "foreach"
-RUNTIMES = ("minimal", "transformers")
+RUNTIMES = ("minimal", "transformers", "vllm")
 TRAIN_RUNTIMES = ("transformers",)
 PHASES = ("forward", "backward", "step")
 

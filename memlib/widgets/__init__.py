@@ -22,6 +22,7 @@ _EXPLORERS = {
     "activation_explorer": "memlib.widgets.activations",
     "training_explorer": "memlib.widgets.training",
     "lora_explorer": "memlib.widgets.training",
+    "which_gpu_explorer": "memlib.widgets.serving",
     "Explorer": "memlib.widgets.base",
 }
 
