@@ -13,8 +13,12 @@ LOCK    = requirements/lock.txt
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIN   := $(shell grep -E '^torch==' $(LOCK))
 NOTEBOOKS = $(sort $(wildcard notebooks/*.ipynb))
+# the browser tests drive Debian's chromium (apt-get install chromium) with playwright-core
+# from npm (package-lock.json); no browser is downloaded
+CHROMIUM  ?= /usr/bin/chromium
+NODE_DEPS  = node_modules/.package-lock.json
 
-.PHONY: lab test test-fast notebooks bench validate lock check-latest browser-test book clean
+.PHONY: lab test test-fast notebooks bench validate lock check-latest browser-test book book-test clean
 
 $(VENV)/.lock: $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ needed"'
@@ -47,6 +51,15 @@ notebooks: $(VENV)/.lock
 	  ../$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 $$nb || exit 1; done
 	$(PY) scripts/normalize_notebooks.py $(NOTEBOOKS)
 
+$(NODE_DEPS): package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+## make browser-test: every notebook in JupyterLab, in headless Chromium: open + save changes
+## nothing, Run All has no error, every explorer is live, responds, and shows its messages
+## (screenshots and timings in build/browser-test/)
+browser-test: $(VENV)/.lock $(NODE_DEPS)
+	node scripts/browser_test.mjs --jupyter $(VENV)/bin/jupyter --chromium $(CHROMIUM) $(NOTEBOOKS)
+
 ## make bench: the benchmark scripts (numbers go into issue notes)
 bench: $(VENV)/.lock
 	$(PY) benchmarks/bench_core.py
@@ -67,4 +80,4 @@ check-latest:
 	$(PYTHON) scripts/check_latest.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) build node_modules
