@@ -17,6 +17,9 @@ NOTEBOOKS = $(sort $(wildcard notebooks/*.ipynb))
 # from npm (package-lock.json); no browser is downloaded
 CHROMIUM  ?= /usr/bin/chromium
 NODE_DEPS  = node_modules/.package-lock.json
+# the static book has its own environment (Jupyter Book 1.x; see scripts/make_lock.py)
+BOOK_VENV ?= .venv-book
+BOOK_LOCK  = requirements/book-lock.txt
 
 .PHONY: lab test test-fast notebooks bench validate lock check-latest browser-test book book-test clean
 
@@ -60,6 +63,21 @@ $(NODE_DEPS): package.json package-lock.json
 browser-test: $(VENV)/.lock $(NODE_DEPS)
 	node scripts/browser_test.mjs --jupyter $(VENV)/bin/jupyter --chromium $(CHROMIUM) $(NOTEBOOKS)
 
+$(BOOK_VENV)/.lock: $(BOOK_LOCK)
+	@test -x $(BOOK_VENV)/bin/python || $(PYTHON) -m venv $(BOOK_VENV)
+	@echo "== the book's environment ($(BOOK_LOCK))"
+	$(BOOK_VENV)/bin/python -m pip --disable-pip-version-check install --progress-bar on -r $(BOOK_LOCK)
+	touch $@
+
+## make book: the course as a static site, with the notebooks' committed outputs
+## (Jupyter Book 1.x, no network at build or view time): build/book/_build/html/index.html
+book: $(BOOK_VENV)/.lock $(NODE_DEPS)
+	$(BOOK_VENV)/bin/python scripts/build_book.py $(NOTEBOOKS)
+
+## make book-test: every page of the book loads in headless Chromium, every image and internal link resolves
+book-test: book
+	node scripts/book_test.mjs --chromium $(CHROMIUM) build/book/_build/html
+
 ## make bench: the benchmark scripts (numbers go into issue notes)
 bench: $(VENV)/.lock
 	$(PY) benchmarks/bench_core.py
@@ -80,4 +98,4 @@ check-latest:
 	$(PYTHON) scripts/check_latest.py
 
 clean:
-	rm -rf $(VENV) build node_modules
+	rm -rf $(VENV) $(BOOK_VENV) build node_modules

@@ -107,14 +107,14 @@ class Explorer:
 
         JupyterLab draws the widget view; GitHub, nbconvert and a notebook opened before it
         runs (``make notebooks`` drops the view, whose model is gone once the kernel stops)
-        show the figure as ``image/png`` and a one-line ``text/plain`` note instead of the
-        widget's repr.
+        show the figure as ``image/png`` (as it was when displayed) and a one-line
+        ``text/plain`` note instead of the widget's repr.
         """
         import base64
         bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude)
         name = f"explorer “{self.title}”" if self.title else "explorer"
         note = (f"[Interactive {name}: run the notebook in Jupyter for its controls"
-                + ("; the picture is its state when the notebook was saved.]" if self.fig else ".]"))
+                + ("; the picture shows it as it was displayed.]" if self.fig else ".]"))
         if self.error:
             note += f"\n⚠ {self.error}"
         bundle["text/plain"] = note
