@@ -74,7 +74,7 @@ def write_index(src: Path, chapters: list[Path]) -> None:
              "checks them against the library `memlib` and `memlib` against what PyTorch really allocates.",
              "",
              "This is the static edition: every page shows the outputs the notebooks had when they were "
-             "committed, and each interactive explorer appears as a picture of its state then. To move "
+             "committed, and each interactive explorer appears as a picture of its first state. To move "
              "the controls, run the notebooks in JupyterLab (`make lab` in a clone of the repository).",
              "", "## Chapters", ""]
     for nb in chapters:
