@@ -385,6 +385,7 @@ async function exploreOne(page, nbPath, k, stem, shots, result, cells) {
     rec.recovered = await recover(page, nbPath, k, ex);
     if (rec.recovered) {
       before = await explorerState(page, nbPath, k);
+      rec.image = before.img;
       rec.screenshots.push(await shot('1b-recovered'));
     }
   }
