@@ -96,14 +96,25 @@ async function openNotebook(page, lab, nbPath, timeoutMs) {
     const kernel = panel.sessionContext.session.kernel;
     return kernel && kernel.status === 'idle' && kernel.connectionStatus === 'connected';
   }, nbPath, { timeout: timeoutMs, polling: 250 });
-  // the kernel's info reply (language_info) and spec (kernelspec) reach the model after that
+  // JupyterLab then copies the kernel's spec (kernelspec) and info reply (language_info) into
+  // the notebook's metadata: wait until it has, so that the "modified on open" check is sound
   await page.evaluate(async (p) => {
     const panel = [...window.jupyterapp.shell.widgets('main')].find((w) => w.context && w.context.path === p);
     const kernel = panel.sessionContext.session.kernel;
-    await kernel.info;
-    await kernel.spec;
-    await new Promise((r) => setTimeout(r, 1000));
+    const [info, spec] = [await kernel.info, await kernel.spec];
+    window.__memlibKernel = { display: spec.display_name, version: info.language_info.version };
   }, nbPath);
+  try {
+    await page.waitForFunction((p) => {
+      const panel = [...window.jupyterapp.shell.widgets('main')].find((w) => w.context && w.context.path === p);
+      const ks = panel.model.getMetadata('kernelspec') || {};
+      const li = panel.model.getMetadata('language_info') || {};
+      return ks.display_name === window.__memlibKernel.display && li.version === window.__memlibKernel.version;
+    }, nbPath, { timeout: 30_000, polling: 100 });
+  } catch {
+    throw new Error(`JupyterLab did not store the kernel's kernelspec/language_info in ${nbPath} within 30 s`);
+  }
+  await page.waitForTimeout(250);
 }
 
 const PANEL = `const panel = [...window.jupyterapp.shell.widgets('main')]
