@@ -13,8 +13,15 @@ LOCK    = requirements/lock.txt
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIN   := $(shell grep -E '^torch==' $(LOCK))
 NOTEBOOKS = $(sort $(wildcard notebooks/*.ipynb))
+# the browser tests drive Debian's chromium (apt-get install chromium) with playwright-core
+# from npm (package-lock.json); no browser is downloaded
+CHROMIUM  ?= /usr/bin/chromium
+NODE_DEPS  = node_modules/.package-lock.json
+# the static book has its own environment (Jupyter Book 1.x; see scripts/make_lock.py)
+BOOK_VENV ?= .venv-book
+BOOK_LOCK  = requirements/book-lock.txt
 
-.PHONY: lab test test-fast notebooks bench validate lock check-latest browser-test book clean
+.PHONY: lab test test-fast notebooks bench validate lock check-latest browser-test book book-test clean
 
 $(VENV)/.lock: $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ needed"'
@@ -47,6 +54,30 @@ notebooks: $(VENV)/.lock
 	  ../$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 $$nb || exit 1; done
 	$(PY) scripts/normalize_notebooks.py $(NOTEBOOKS)
 
+$(NODE_DEPS): package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+## make browser-test: every notebook in JupyterLab, in headless Chromium: open + save changes
+## nothing, Run All has no error, every explorer is live, responds, and shows its messages
+## (screenshots and timings in build/browser-test/)
+browser-test: $(VENV)/.lock $(NODE_DEPS)
+	node scripts/browser_test.mjs --jupyter $(VENV)/bin/jupyter --chromium $(CHROMIUM) $(NOTEBOOKS)
+
+$(BOOK_VENV)/.lock: $(BOOK_LOCK)
+	@test -x $(BOOK_VENV)/bin/python || $(PYTHON) -m venv $(BOOK_VENV)
+	@echo "== the book's environment ($(BOOK_LOCK))"
+	$(BOOK_VENV)/bin/python -m pip --disable-pip-version-check install --progress-bar on -r $(BOOK_LOCK)
+	touch $@
+
+## make book: the course as a static site, with the notebooks' committed outputs
+## (Jupyter Book 1.x, no network at build or view time): build/book/_build/html/index.html
+book: $(BOOK_VENV)/.lock $(NODE_DEPS)
+	$(BOOK_VENV)/bin/python scripts/build_book.py $(NOTEBOOKS)
+
+## make book-test: every page of the book loads in headless Chromium, every image and internal link resolves
+book-test: book
+	node scripts/book_test.mjs --chromium $(CHROMIUM) build/book/_build/html
+
 ## make bench: the benchmark scripts (numbers go into issue notes)
 bench: $(VENV)/.lock
 	$(PY) benchmarks/bench_core.py
@@ -67,4 +98,4 @@ check-latest:
 	$(PYTHON) scripts/check_latest.py --write data/bench/newer_versions.json
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BOOK_VENV) build node_modules

@@ -36,6 +36,7 @@ class Explorer:
         self.result = None
         self.error: str | None = None
         self.message = w.HTML()
+        self.message.add_class("memlib-explorer-message")   # hooks for the browser test
         self.text = w.HTML()
         self.image = w.Image(format="png")
         self.fig = self.ax = None
@@ -50,6 +51,8 @@ class Explorer:
         self.widget = w.VBox(header + [w.HBox(list(self.controls.values()),
                                                layout=w.Layout(flex_flow="row wrap")),
                                         self.message, self.text, self.image])
+        self.widget.add_class("memlib-explorer")
+        self.title = title
         self.update()
 
     @property
@@ -116,9 +119,25 @@ class Explorer:
         self.text.value = ""
         self.image.layout.display = "none"
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """The live widget, with a static stand-in for renderers that have no kernel.
+
+        JupyterLab draws the widget view; GitHub, nbconvert and a notebook opened before it
+        runs (``make notebooks`` drops the view, whose model is gone once the kernel stops)
+        show the figure as ``image/png`` (as it was when displayed) and a one-line
+        ``text/plain`` note instead of the widget's repr.
+        """
+        import base64
+        bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude)
+        name = f"explorer “{self.title}”" if self.title else "explorer"
+        note = (f"[Interactive {name}: run the notebook in Jupyter for its controls"
+                + ("; the picture shows it as it was displayed.]" if self.fig else ".]"))
+        if self.error:
+            note += f"\n⚠ {self.error}"
+        bundle["text/plain"] = note
+        if self.fig is not None and self.error is None and self.image.value:
+            bundle["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        return bundle
 
 
 def model_dropdown(model, description: str = "model"):
