@@ -25,7 +25,7 @@ import numpy as np
 
 from .units import GB, GiB, fmt_bytes
 
-#: The kinds of memory a component can be (DESIGN §3).
+#: The kinds of memory a component can be.
 KINDS = ("model_state", "activation", "kv", "transient", "overhead")
 _KIND_SET = frozenset(KINDS)
 

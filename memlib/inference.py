@@ -1,6 +1,6 @@
 """Inference memory: weights + the prefill's peak, KV cache included (chapter 03).
 
-The reference scenario (DESIGN §4): ``model.eval()``, ``torch.no_grad()``, one forward of
+The bench's reference prefill (chapter 08): ``model.eval()``, ``torch.no_grad()``, one forward of
 ``batch_size`` sequences of ``seq_len`` tokens with ``use_cache=True, logits_to_keep=1``.
 ``total = weights + prefill_peak``, where ``prefill_peak`` is the peak of live bytes above
 the weights: the whole KV cache (the last layer's entry is written before its attention

@@ -13,7 +13,7 @@ For trainable tensors with states stored in ``state_dtype`` (``s`` bytes per val
                                     keep 32-bit states, as bitsandbytes does for small tensors
 
 The state depends only on the trainable parameters: not on batch size or sequence
-length (seed 001 says it grows with batch size; it does not).  PyTorch's AdamW also keeps
+length ("How Much GPU Memory Do LLMs Really Need?" says it grows with batch size; it does not).  PyTorch's AdamW also keeps
 a 4-byte ``step`` scalar per parameter tensor, on the CPU unless ``capturable``/``fused``;
 memlib leaves those few bytes out.
 """

@@ -1,6 +1,6 @@
 """Plot helpers (matplotlib is imported lazily, only when a plot is drawn).
 
-``save_fig`` writes PNGs into ``figures/`` under stable names (DESIGN §5).
+``save_fig`` writes PNGs into ``figures/`` under stable names (the README and the book show them).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ One vocabulary for every estimate and for the bench (:mod:`memlib.measure` impor
 ``optimizer_impl`` and ``runtime``.
 
 ``runtime`` says whose allocations are predicted, where software differs for the same
-architecture (DESIGN §4, "Runtime"):
+architecture (chapters 02, 07 and 08):
 
 * ``"minimal"``: the architecture's true minimum (a sliding-window layer caches
   ``window - 1`` tokens), which serving engines approach;

@@ -10,7 +10,7 @@ storage, once per storage (views and in-place ops are free), and notes when each
 Importing this package does not import torch or transformers; calling a function does
 (``ImportError`` with ``pip install "memlib[measure]"`` if they are missing).
 
-Reference scenarios (DESIGN section 4):
+Reference scenarios (chapter 08):
 
 * :func:`measure_weights` -- unique parameter bytes (tied weights once); buffers apart.
 * :func:`measure_prefill` -- ``model.eval()``, ``torch.no_grad()``, one forward of a
@@ -38,13 +38,13 @@ that).  Fake tensors must run the program a real run runs: two shims make them d
 each checked against real tensors -- transformers' causal-mask decision
 (``_eager_mask_path``: on plain fake tensors transformers builds a ``(b, 1, s, s)`` mask,
 repeats K/V to every query head and saves a bf16 mask per layer, which a real run never
-does; issue 15's "missing" 352,321,536 B on Qwen3-0.6B was exactly that) and the
+does; a MemTracker run without the shim "finds" 352,321,536 B more on Qwen3-0.6B at b=2, s=1024) and the
 ``_grouped_mm`` meta kernel, which refuses the fp32 inputs the real kernels accept
 (:mod:`memlib.measure.fake_kernels`).
 
 Every function returns a :class:`memlib.Breakdown`; ``meta`` says which attention
 implementation and which SDPA kernel actually ran, and flags the CPU's math fallback
-(``math_path``), which a GPU would not take (DESIGN section 4).
+(``math_path``), which a GPU would not take (chapter 08).
 
 Mixed precision on the CPU emulates CUDA autocast's op list by default
 (:mod:`memlib.measure.autocast`; :func:`autocast_policy_diff` lists how the two differ).

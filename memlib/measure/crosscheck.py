@@ -26,7 +26,7 @@ Where they cannot, the difference is named in ``explained`` with its exact size 
 check fails on any byte not explained.  One systematic difference exists by design:
 
 * **the input batch.**  ``input_ids`` is allocated before either instrument starts.  The
-  bench never counts it (DESIGN section 4).  MemTracker counts a storage as soon as an op
+  bench never counts it (chapter 08).  MemTracker counts a storage as soon as an op
   returns a tensor on it, so the first *view* of ``input_ids`` an op returns (GPT-2's
   ``input_ids.view(-1, seq)``, a ``labels[..., 1:]`` slice) adds its ``8 * b * s`` bytes
   (int64) to MemTracker's total from then on.  The check reads whether MemTracker holds

@@ -1,4 +1,4 @@
-"""The bench's reference scenarios (DESIGN section 4), measured with :class:`StorageCounter`.
+"""The bench's reference scenarios (chapter 08), measured with :class:`StorageCounter`.
 
 This module imports torch; :mod:`memlib.measure` imports it only when a measurement runs.
 See :mod:`memlib.measure` for the public functions and what each number means.
