@@ -40,13 +40,18 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(VENV)/.lock
 	$(VENV)/bin/jupyter lab notebooks/ $(ALLOW_ROOT)
 
+# pytest-xdist: one worker per core; --dist loadscope keeps each notebook's cells (and each
+# test module) in one worker, in order
+JOBS ?= auto
+
 ## make test: set up and run every test, notebooks included (nbval, strict)
 test: $(VENV)/.lock
-	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	  -p no:cacheprovider -n $(JOBS) --dist loadscope
 
 ## make test-fast: the pure tests only (no bench, no notebooks): seconds
 test-fast: $(VENV)/.lock
-	$(PY) -m pytest tests -m "not bench" -p no:cacheprovider -q
+	$(PY) -m pytest tests -m "not bench" -p no:cacheprovider -q -n $(JOBS) --dist loadscope
 
 ## make notebooks: re-execute every notebook in place so stored outputs are regenerated
 notebooks: $(VENV)/.lock
