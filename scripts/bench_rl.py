@@ -126,6 +126,10 @@ def run_point(p):
                 res[k] = m[k]
     except Exception as e:  # recorded, so the table says why a point is missing
         res = {"error": f"{type(e).__name__}: {e}"[:500]}
+    import torch
+    import transformers
+    res.setdefault("torch", torch.__version__)
+    res.setdefault("transformers", transformers.__version__)
     res["seconds"] = round(time.perf_counter() - t, 1)
     res["bench_source"] = bench_source()
     return p, res
@@ -218,7 +222,23 @@ def summary():
              f"{secs / 60:.0f} min of measurement (one process, niced, on a shared 2-core machine).", "",
              "GiB = 2^30 bytes. `B` = sequences per step, `S` = tokens per sequence, `V` = vocabulary. "
              "Phases: gen = generate (rollout), score = reference/reward/critic forwards, fwd/bwd/step = "
-             "the training step. Each phase column is that phase's peak of live bytes; '-' = no such phase.", ""]
+             "the training step. Each phase column is that phase's peak of live bytes; '-' = no such phase.", "",
+             "**Definitions** (exact ones in `memlib/measure/rl.py`). One device. Policy trained with AdamW "
+             "(foreach=False), second iteration measured after `gc.collect()`; bf16 = bf16 weights/grads/state, "
+             "mixed = fp32 weights/grads/state with the forward and loss under autocast(bf16). Reference = frozen "
+             "bf16 copy (eval, no_grad); reward model and critic = `AutoModelForSequenceClassification(num_labels=1)` "
+             "of the policy's config (reward frozen bf16; critic trained like the policy, one AdamW over policy + "
+             "critic, one backward of pg + 0.1·vf as TRL's PPO). Log-probs: `log_softmax(logits.float(), -1)"
+             ".gather(-1, labels)` over all S positions, or 'selective' = TRL v1.9.0's row-by-row form. dpo: b pairs "
+             "-> 2b sequences, reference forward first keeping summed log-probs; 'precomputed': no reference model; "
+             "'after policy': TRL v1.9.0's order (reference forward while the policy's graph is alive). grpo/ppo: "
+             "1 prompt x G completions; generate = prefill of S/4 prompt tokens + 3S/4 - 1 decode steps "
+             "(DynamicCache; first 2 and last 2 decode steps counted, the middle fast-forwarded, checked "
+             "byte-exact against the full loop in the tests); score = reference forward (per-token log-probs kept) "
+             "[+ reward and critic forwards for ppo]; beta=0: no reference at all. lora r16 = all-linear LoRA, "
+             "fp32 adapters (PEFT v0.20.0 defaults), frozen bf16 base, reference = adapters disabled. "
+             "rollout = the generate phase alone (frozen bf16 weights, nothing else resident). The input batch "
+             "is allocated before counting and is in no peak.", ""]
     errors = [r for r in recs if "error" in r["measured"]]
     by_model = {}
     for r in recs:
@@ -233,8 +253,9 @@ def summary():
             V = next((r["measured"].get("vocab_size") for r in sel if r["measured"].get("vocab_size")), None)
             att = sel[0]["point"]["attention"]
             lines += [f"### S = {s}, B = {n} sequences ({att}; 4·B·S·V = {_g(4 * n * s * V) if V else '?'} GiB)", "",
-                      "| variant | peak GiB | peak phase | gen | score | fwd | bwd | step | at the peak, by role (GiB) |",
-                      "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+                      "| variant | peak GiB | peak phase | gen | score | fwd | bwd | step | vocab-wide at peak ÷ 4BSV "
+                      "| KV GiB | at the peak, by role (GiB) |",
+                      "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
             order = {v[0]: i for i, v in enumerate(VARIANTS)}
             for r in sorted(sel, key=lambda r: order.get(r["point"]["variant"], 99)):
                 m = r["measured"]
@@ -243,8 +264,12 @@ def summary():
                          ("generate", "score", "train.forward", "train.backward", "train.step")]
                 grp = _group(m["components_at_peak"])
                 top = ", ".join(f"{k} {_g(v)}" for k, v in grp.items() if v >= 0.005 * m["peak"])
+                wide = sum(v for k, v in m["components_at_peak"].items() if k.endswith(".logits"))
+                unit = 4 * n * m.get("logits_to_keep", s) * V if V else 0
+                ratio = f"{wide / unit:.2f}" if unit and r["point"]["recipe"] != "rollout" else "-"
+                kv = _g(m["kv_cache"]) if m.get("kv_cache") else "-"
                 lines.append(f"| {r['point']['variant']} | {_g(m['peak'])} | {m['peak_phase']} | "
-                             + " | ".join(cells) + f" | {top} |")
+                             + " | ".join(cells) + f" | {ratio} | {kv} | {top} |")
             lines.append("")
     if errors:
         lines += ["## Errors", ""] + [f"- {r['point']['model']} {r['point']['variant']} S={r['point']['seq_len']} "
