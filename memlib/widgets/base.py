@@ -5,6 +5,11 @@ import html
 import io
 from typing import Callable, Mapping
 
+#: CSS pixels per inch of figure on screen, and how many rendered pixels per CSS pixel
+#: (1.5: sharp on high-density screens, and rendering costs little more: text dominates).
+CSS_PX_PER_INCH = 96
+RENDER_SCALE = 1.5
+
 
 class Explorer:
     """Wire ipywidgets ``controls`` to a pure ``compute`` and a ``plot(result, ax)``.
@@ -40,11 +45,17 @@ class Explorer:
         self.text = w.HTML()
         self.image = w.Image(format="png")
         self.fig = self.ax = None
+        self._layout_key = None
         if plot is not None:
-            import matplotlib.pyplot as plt
-            with plt.ioff():   # constrained layout for the first draw ("tight" bbox draws twice)
-                self.fig, self.ax = plt.subplots(figsize=figsize, layout="constrained")
-            plt.close(self.fig)
+            # a Figure of its own (no pyplot state), drawn by Agg at the size it is shown:
+            # the image's CSS width is the figure's, so the browser never stretches it
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+            self.fig = Figure(figsize=figsize, dpi=CSS_PX_PER_INCH * RENDER_SCALE, layout="constrained")
+            FigureCanvasAgg(self.fig)
+            self.ax = self.fig.add_subplot()
+            self.image.layout = w.Layout(width=f"{round(figsize[0] * CSS_PX_PER_INCH)}px", max_width="100%",
+                                         height="auto")
         for c in self.controls.values():
             c.observe(lambda change: self.update(), names="value")
         header = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
@@ -95,14 +106,39 @@ class Explorer:
         return result
 
     def _draw(self, result) -> bytes:
+        """Plot ``result`` and return the PNG.  The layout (margins that fit every label) is
+        computed with constrained layout only when what decides it changes (titles, axis
+        labels, the widest tick label, the legend); otherwise the margins are kept, which
+        saves most of the drawing time."""
+        from PIL import Image
         self.ax.clear()
         self.plot_fn(result, self.ax)
-        buf = io.BytesIO()
-        self.fig.savefig(buf, format="png", dpi=72)
-        # lay the figure out once (constrained layout measures every label: slow), then
-        # keep those margins for later updates
-        self.fig.set_layout_engine("none")
-        return buf.getvalue()
+        key = self._layout_signature()
+        if key != self._layout_key:
+            self.fig.set_layout_engine("constrained")
+            self.fig.canvas.draw()
+            self.fig.set_layout_engine("none")
+            self._layout_key = key
+        self.fig.canvas.draw()
+        width, height = self.fig.canvas.get_width_height()
+        img = Image.frombuffer("RGBA", (width, height), self.fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+        out = io.BytesIO()
+        img.save(out, format="png", compress_level=1)
+        return out.getvalue()
+
+    def _layout_signature(self):
+        """What the margins depend on: every axes' title and labels, its widest tick label,
+        the legend's entries, and the figure's own texts."""
+        def widest(axis):
+            labels = axis.get_major_formatter().format_ticks(axis.get_majorticklocs())
+            return max((len(t) for t in labels), default=0)
+        parts = []
+        for ax in self.fig.axes:
+            legend = ax.get_legend()
+            parts.append((ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), widest(ax.xaxis), widest(ax.yaxis),
+                          tuple(t.get_text() for t in legend.get_texts()) if legend else ()))
+        parts.append(tuple(t.get_text() for t in self.fig.texts))
+        return tuple(parts)
 
     def _show_error(self, e: Exception):
         """Clear the result and say what is wrong, naming the control the reader sees."""
