@@ -135,3 +135,14 @@ def test_plot_functions(ax):
     plot_concurrency("Llama-3.1-8B", 2 ** np.arange(8, 18), ax, gpus=GPUS)
     ax.clear()
     plot_gpu_budget(concurrency_explorer().result, ax)
+
+
+def test_concurrency_text_states_the_margin_and_plot_keeps_a_short_title(ax):
+    from memlib.widgets.kv import describe_concurrency
+    ex = concurrency_explorer()
+    held = H100 - int(H100 * 0.9)                    # the 10 % above vLLM's default cap: 7.92 GiB
+    assert f"Margin: {held / 2**30:,.2f} GiB above the 90% cap" in describe_concurrency(ex.result)
+    r = concurrency_explorer(model="Llama-3.1-70B", gpu="A100 80GB").result     # 131 GiB of bf16 weights
+    plot_gpu_budget(r, ax)
+    assert ax.get_title() == "0 requests: the weights do not fit"
+    assert "exceed" in describe_concurrency(r)       # the reason is in the text, not in a clipped title

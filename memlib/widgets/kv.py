@@ -207,7 +207,7 @@ def describe_kv(b: Breakdown) -> str:
     lines = [b.table(), "",
              f"{m['attention']}: {m['bytes_per_token']:,} B/token = {m['bytes_per_token'] / 1024:,.2f} KiB/token "
              f"({m['kv_dtype']}" + (f", MLA {m['mla_form']}" if "mla_form" in m else "") + ")",
-             f"KV / weights ({m['weight_dtype']}, {m['weights'] / GiB:,.2f} GiB): {b.total / m['weights']:.1%}; "
+             f"KV / weights ({m['weight_dtype']}, {m['weights'] / GiB:,.2f} GiB): {b.total / m['weights']:.1%}",
              f"at batch {m['batch_size']}, {cross}"]
     return "\n".join(lines)
 
