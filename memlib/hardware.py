@@ -22,7 +22,9 @@ Speeds are dense (no 2:4 sparsity) tensor-core peaks from the vendors' datasheet
 
 :data:`GPU_TABLE` is the table (canonical name -> :class:`GPU`); :func:`get_gpu` looks a
 card up by name or alias.  :data:`GPUS` (label -> bytes) is the five-card table of
-chapters 02 and 04, derived from it: their ``nvidia-smi`` totals, not yet the runtime's.
+chapters 00, 02 and 04, derived from it: the memory a process can use, i.e. each card's
+:attr:`GPU.usable_bytes` (the runtime total, as in chapter 07).  :data:`GPUS_SMI` keeps
+the same cards' ``nvidia-smi`` totals, a displayed fact (chapter 02 prints both).
 """
 from __future__ import annotations
 
@@ -252,21 +254,30 @@ def gpu_table() -> list[dict]:
     return [g.to_dict() for g in GPU_TABLE.values()]
 
 
-# -- the five-card table of chapters 02 and 04: nvidia-smi totals ------------------------
+# -- the five-card table of chapters 00, 02 and 04 ----------------------------------------
 
 _SMI_LABELS = {"H100 80GB": "H100-80GB", "A100 80GB": "A100-80GB", "A100 40GB": "A100-40GB",
                "L4 24GB": "L4", "RTX 4090 24GB": "RTX-4090"}
 
-#: Memory of five GPUs as ``nvidia-smi`` reports it, in bytes (chapters 02 and 04); the
-#: spec-sheet size is in the label.  vLLM sees a little less (:attr:`GPU.usable_bytes`).
-GPUS = {label: GPU_TABLE[name].smi_bytes for label, name in _SMI_LABELS.items()}
+#: Memory a process can use on five GPUs, in bytes (chapters 00, 02 and 04): the total the
+#: runtime reports (``torch.cuda.mem_get_info()[1]``, what vLLM multiplies by
+#: ``gpu_memory_utilization``), i.e. :attr:`GPU.usable_bytes`; the spec-sheet size is in the label.
+GPUS = {label: GPU_TABLE[name].usable_bytes for label, name in _SMI_LABELS.items()}
 
-#: Where each number in :data:`GPUS` comes from (spec sheet; driver-reported total).
-GPU_SOURCES = {label: GPU_TABLE[name].sources["smi_mib"] for label, name in _SMI_LABELS.items()}
+#: Where each number in :data:`GPUS` comes from (a log that printed the runtime total).
+GPU_SOURCES = {label: GPU_TABLE[name].sources["runtime_bytes"] for label, name in _SMI_LABELS.items()}
+
+#: The same five GPUs' totals as ``nvidia-smi`` prints them, in bytes (chapter 02): larger than
+#: :data:`GPUS` by what the driver reserves for itself; sources in :data:`GPU_SMI_SOURCES`.
+GPUS_SMI = {label: GPU_TABLE[name].smi_bytes for label, name in _SMI_LABELS.items()}
+
+#: Where each number in :data:`GPUS_SMI` comes from.
+GPU_SMI_SOURCES = {label: GPU_TABLE[name].sources["smi_mib"] for label, name in _SMI_LABELS.items()}
 
 
 def gpu_bytes(gpu) -> int:
-    """Bytes a GPU labelled in :data:`GPUS` reports in ``nvidia-smi``, or bytes as given (chapter 02)."""
+    """Bytes a process can use on a GPU labelled in :data:`GPUS` (the runtime total, chapter 02),
+    or bytes as given."""
     if isinstance(gpu, str):
         if gpu not in GPUS:
             raise ValueError(f"gpu: unknown GPU {safe_text(repr(gpu))}; known: {', '.join(GPUS)}")

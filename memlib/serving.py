@@ -111,7 +111,8 @@ def max_requests(model, seq_len, gpu_memory, gpu_memory_utilization: float = 0.9
 
 def concurrency(model, gpu, seq_len, gpu_memory_utilization=0.9, weight_dtype="bf16", kv_dtype="bf16",
                 block_size=16) -> Breakdown:
-    """:func:`max_concurrency` on a GPU named in :data:`memlib.hardware.GPUS` (or given in bytes), chapter 02."""
+    """:func:`max_concurrency` on a GPU named in :data:`memlib.hardware.GPUS` (its runtime total) or given
+    in bytes (chapter 02)."""
     mem = gpu_bytes(gpu)
     r = max_concurrency(model, seq_len, mem, gpu_memory_utilization, weight_dtype, kv_dtype,
                         block_size=block_size)

@@ -1,7 +1,8 @@
 """memlib.hardware: lookups, the three memory figures, and their sources (chapter 07)."""
 import pytest
 
-from memlib.hardware import GPU, GPU_SOURCES, GPU_TABLE, GPUS, get_gpu, gpu_bytes, gpu_names, gpu_table
+from memlib.hardware import (GPU, GPU_SMI_SOURCES, GPU_SOURCES, GPU_TABLE, GPUS, GPUS_SMI, get_gpu, gpu_bytes,
+                             gpu_names, gpu_table)
 
 MIB, GIB = 2**20, 2**30
 
@@ -84,17 +85,32 @@ def test_dense_fp8_is_twice_bf16_where_the_sheets_give_both():
         assert get_gpu(name).fp8_tflops is None
 
 
-def test_chapters_02_and_04_table_is_the_nvidia_smi_totals():
-    # nvidia-smi totals, MiB, from the sources in GPU_SOURCES (NVIDIA/nccl#1264, modal-labs/modal-client#2797,
-    # RLinf/RLinf#255); chapters 02 and 04 print these numbers.
+def test_chapters_02_and_04_table_is_the_runtime_total():
+    # What a process can use: the total the runtime reports (torch.cuda.mem_get_info()[1], which vLLM
+    # multiplies by gpu_memory_utilization), as printed by the logs in GPU_SOURCES:
+    # H100 vLLM 'total_gpu_memory (79.19GiB)' (gateway-api-inference-extension#550), A100 80GB PyTorch
+    # 'total capacity of 79.15 GiB' (vllm#4408), A100-SXM4-40GB deviceQuery '42298834944 bytes'
+    # (bottlerocket#3873), L4 'total capacity of 22.04 GiB', RTX 4090 'GPU memory: 23.64GB' (LlamaFactory#7234).
+    printed = {"H100 80GB": "79.19", "A100 80GB": "79.15", "A100 40GB": "42298834944", "L4 24GB": "22.04",
+               "RTX 4090 24GB": "23.64"}
+    runtime = {"H100 80GB": round(79.19 * GIB), "A100 80GB": round(79.15 * GIB), "A100 40GB": 42_298_834_944,
+               "L4 24GB": round(22.04 * GIB), "RTX 4090 24GB": round(23.64 * GIB)}
+    assert list(GPUS) == list(runtime) and GPUS == runtime
+    assert all(printed[k] in GPU_SOURCES[k] for k in GPUS)
+    # nvidia-smi totals, MiB, a displayed fact (NVIDIA/nccl#1264, modal-labs/modal-client#2797, RLinf/RLinf#255)
     smi = {"H100 80GB": 81_559, "A100 80GB": 81_920, "A100 40GB": 40_960, "L4 24GB": 23_034, "RTX 4090 24GB": 24_564}
-    assert list(GPUS) == list(smi) and GPUS == {k: v * MIB for k, v in smi.items()}
-    assert all(GPU_SOURCES[k].count(f"{v}MiB") == 1 for k, v in smi.items())
-    assert gpu_bytes("L4 24GB") == 23_034 * MIB and gpu_bytes(10**9) == 10**9
+    assert list(GPUS_SMI) == list(smi) and GPUS_SMI == {k: v * MIB for k, v in smi.items()}
+    assert all(GPU_SMI_SOURCES[k].count(f"{v}MiB") == 1 for k, v in smi.items())
+    for k in GPUS:                         # the driver keeps some of the nvidia-smi total for itself
+        assert 0 < GPUS_SMI[k] - GPUS[k] < 1 * GIB, k
+    # H100: 81,559 MiB = 79.65 GiB in nvidia-smi, 79.19 GiB for the runtime: 0.46 GiB apart
+    assert round((GPUS_SMI["H100 80GB"] - GPUS["H100 80GB"]) / GIB, 2) == round(81_559 / 1024 - 79.19, 2) == 0.46
+    assert gpu_bytes("L4 24GB") == round(22.04 * GIB) and gpu_bytes(10**9) == 10**9
     with pytest.raises(ValueError, match="gpu"):
         gpu_bytes("L4-24GB")               # the five-card table keeps its own labels
     for label in GPUS:                     # every label is also an alias of the full table
-        assert get_gpu(label).smi_bytes == GPUS[label]
+        g = get_gpu(label)
+        assert g.usable_bytes == GPUS[label] and g.smi_bytes == GPUS_SMI[label] and g.usable_source == "runtime"
 
 
 def test_table_is_json_ready():

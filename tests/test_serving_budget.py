@@ -4,7 +4,8 @@ import numpy as np
 import memlib
 from memlib.serving import concurrency, max_concurrency, max_requests, serving_breakdown
 
-H100 = 81_559 * 2**20                                # nvidia-smi total of an H100 80GB HBM3
+H100 = round(79.19 * 2**30)                          # the runtime total of an H100 80GB: vLLM's log line
+                                                     # 'total_gpu_memory (79.19GiB)' (gateway-api-inference-extension#550)
 LLAMA31_8B_PARAMS = 8_030_261_248                    # published; chapter 01 derives it
 
 
@@ -42,14 +43,14 @@ def test_max_requests_agrees_with_max_concurrency_and_is_vectorised():
 
 def test_concurrency_on_named_gpus_by_hand():
     r = concurrency("Llama-3.1-8B", "H100 80GB", 4096)
-    usable = int(H100 * 0.9)                         # 76_968_728_985
-    budget = usable - LLAMA31_8B_PARAMS * 2          # 60_908_206_489
-    per_request = 4096 * 131_072                     # 4096 is a whole number of 16-token blocks
-    assert r.meta["requests"] == budget // per_request == 113
+    usable = int(H100 * 0.9)                         # 0.9 x 79.19 GiB = 71.27 GiB
+    budget = usable - LLAMA31_8B_PARAMS * 2          # - 14.96 GiB of weights = 56.31 GiB
+    per_request = 4096 * 131_072                     # 4096 is a whole number of 16-token blocks: 0.5 GiB
+    assert r.meta["requests"] == budget // per_request == 112
     r = concurrency("Llama-3.1-8B", "A100 80GB", 1000, gpu_memory_utilization=0.5)
     per_request = 1008 * 131_072                     # 1000 tokens occupy 63 blocks of 16 = 1008 slots
     assert r.meta["kv_per_request"] == per_request
-    assert r.meta["requests"] == (int(81_920 * 2**20 * 0.5) - 16_060_522_496) // per_request
+    assert r.meta["requests"] == (int(round(79.15 * 2**30) * 0.5) - 16_060_522_496) // per_request   # A100 80GB: PyTorch's 79.15 GiB
 
 
 def test_serving_breakdown_is_weights_plus_kv():

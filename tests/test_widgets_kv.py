@@ -12,7 +12,8 @@ from memlib.widgets.kv import (concurrency_explorer, kv_explorer, plot_concurren
 # Llama-3.1-8B config.json: 32 layers, 8 KV heads, head_dim 128 (4096 / 32 heads), bf16
 LLAMA31_8B_PER_TOKEN = 32 * 8 * 128 * 2 * 2          # layers x kv heads x head_dim x (K, V) x bytes
 LLAMA31_8B_PARAMS = 8_030_261_248                    # published; chapter 01 derives it
-H100 = 81_559 * 2**20                                # nvidia-smi total of an H100 80GB HBM3
+H100 = round(79.19 * 2**30)                          # the runtime total of an H100 80GB: vLLM's log line
+                                                     # 'total_gpu_memory (79.19GiB)' (gateway-api-inference-extension#550)
 
 
 
@@ -82,31 +83,32 @@ def test_kv_explorer_invalid_inputs_show_a_message():
 def test_concurrency_explorer_llama_on_h100():
     ex = concurrency_explorer()
     r = ex.result
-    usable = int(H100 * 0.9)                         # 76_968_728_985
-    budget = usable - LLAMA31_8B_PARAMS * 2          # 60_908_206_489
-    per_request = 4096 * 131_072                     # 4096 is a whole number of 16-token blocks
-    assert budget // per_request == 113
-    assert r.meta["requests"] == 113
+    usable = int(H100 * 0.9)                         # 0.9 x 79.19 GiB = 71.27 GiB
+    budget = usable - LLAMA31_8B_PARAMS * 2          # - 14.96 GiB of weights = 56.31 GiB
+    per_request = 4096 * 131_072                     # 4096 is a whole number of 16-token blocks: 0.5 GiB
+    assert budget // per_request == 112
+    assert r.meta["requests"] == 112
     assert r.meta["kv_per_request"] == per_request
-    assert r["kv_cache"] == 113 * per_request
+    assert r["kv_cache"] == 112 * per_request
 
 
 def test_concurrency_explorer_gpu_length_and_utilisation():
     ex = concurrency_explorer()
     r = ex.set(gpu="L4 24GB", seq_len=8192)
-    usable = int(23_034 * 2**20 * 0.9)
-    assert r.meta["requests"] == (usable - 16_060_522_496) // (8192 * 131_072) == 5
+    usable = int(round(22.04 * 2**30) * 0.9)        # L4: PyTorch's 'total capacity of 22.04 GiB'
+    # 0.9 x 22.04 GiB = 19.84 GiB - 14.96 GiB of weights = 4.88 GiB; 8192 tokens x 128 KiB = 1 GiB each
+    assert r.meta["requests"] == (usable - 16_060_522_496) // (8192 * 131_072) == 4
     r = ex.set(gpu="A100 80GB", seq_len=1000, gpu_memory_utilization=0.5)
     # 1000 tokens occupy 63 blocks of 16 = 1008 token slots
     per_request = 1008 * 131_072
     assert r.meta["kv_per_request"] == per_request
-    assert r.meta["requests"] == (int(81_920 * 2**20 * 0.5) - 16_060_522_496) // per_request
+    assert r.meta["requests"] == (int(round(79.15 * 2**30) * 0.5) - 16_060_522_496) // per_request   # A100 80GB: 79.15 GiB
 
 
 def test_concurrency_explorer_weight_and_kv_dtype():
     ex = concurrency_explorer()
     r = ex.set(weight_dtype="fp8", kv_dtype="fp8")
-    assert r.meta["requests"] == (int(H100 * 0.9) - LLAMA31_8B_PARAMS) // (4096 * 65_536) == 256
+    assert r.meta["requests"] == (int(H100 * 0.9) - LLAMA31_8B_PARAMS) // (4096 * 65_536) == 255   # (71.27 - 7.48) / 0.25 GiB
 
 
 def test_concurrency_explorer_model_too_big_and_invalid():
@@ -133,3 +135,14 @@ def test_plot_functions(ax):
     plot_concurrency("Llama-3.1-8B", 2 ** np.arange(8, 18), ax, gpus=GPUS)
     ax.clear()
     plot_gpu_budget(concurrency_explorer().result, ax)
+
+
+def test_concurrency_text_states_the_margin_and_plot_keeps_a_short_title(ax):
+    from memlib.widgets.kv import describe_concurrency
+    ex = concurrency_explorer()
+    held = H100 - int(H100 * 0.9)                    # the 10 % above vLLM's default cap: 7.92 GiB
+    assert f"Margin: {held / 2**30:,.2f} GiB above the 90% cap" in describe_concurrency(ex.result)
+    r = concurrency_explorer(model="Llama-3.1-70B", gpu="A100 80GB").result     # 131 GiB of bf16 weights
+    plot_gpu_budget(r, ax)
+    assert ax.get_title() == "0 requests: the weights do not fit"
+    assert "exceed" in describe_concurrency(r)       # the reason is in the text, not in a clipped title

@@ -126,6 +126,30 @@ def test_anatomy_explorer_weights_plus_kv():
     assert ex.result is None and "seq_len" in ex.error
 
 
+def test_anatomy_explorer_states_the_margin_on_a_gpu():
+    ex = anatomy_explorer("Llama-3.1-8B", batch_size=8, seq_len=8192)
+    h100 = round(79.19 * 2**30)          # H100 80GB as the runtime reports it (vLLM 'total_gpu_memory (79.19GiB)')
+    budget = 2 * LLAMA8B + 8 * 2**30                       # bf16 weights + 8 users x 8192 tokens x 128 KiB
+    assert ex.result.meta["gpu"] == "H100 80GB" and ex.result.meta["gpu_memory"] == h100
+    assert ex.result.meta["margin"] == h100 - budget > 0
+    assert "to spare" in ex.describe(ex.result)
+    ex.set(batch_size=64, gpu="L4 24GB")                   # 64 GiB of KV on a 22.04 GiB card
+    l4 = round(22.04 * 2**30)
+    assert ex.result.meta["margin"] == l4 - (2 * LLAMA8B + 64 * 2**30) < 0
+    assert "short" in ex.describe(ex.result)
+
+
+def test_budget_bar_keeps_a_fixed_scale(ax):
+    from memlib.serving import serving_breakdown
+    from memlib.widgets.weights import plot_budget_on_gpu
+    gpu = 80 * 2**30
+    for users in (1, 8, 64):                               # all within 1.3 x the GPU: the axis does not move
+        ax.clear()
+        plot_budget_on_gpu(serving_breakdown("Llama-3.1-8B", batch_size=users, seq_len=8192), ax, gpu, "GPU")
+        assert ax.get_xlim() == pytest.approx((0, 1.3 * 80))
+        assert any(line.get_xdata()[0] == pytest.approx(80) for line in ax.get_lines())   # the GPU line
+
+
 def test_plot_functions_draw_hand_values():
     import matplotlib
     matplotlib.use("Agg")

@@ -10,7 +10,10 @@ Three layers (DESIGN §3):
 3. explorers: :func:`kv_explorer` and :func:`concurrency_explorer`.
 
 Sweeps pass numpy arrays to memlib (no Python loop over grid points).  ipywidgets and
-matplotlib are imported only inside the functions that need them.
+matplotlib are imported only inside the functions that need them.  GPU memory is
+:data:`memlib.hardware.GPUS`: the total the runtime reports, which vLLM multiplies by
+``gpu_memory_utilization``.  The explorers redraw one figure laid out at its first draw,
+so their plot functions keep titles, labels and legends inside the axes.
 """
 from __future__ import annotations
 
@@ -161,29 +164,35 @@ def plot_concurrency(model, seq_lens, ax, gpus=None, gpu_memory_utilization: flo
 
 def plot_gpu_budget(result: Breakdown, ax, unit: str = "GiB"):
     """One horizontal stacked bar of a :func:`memlib.max_concurrency` result: weights, KV of
-    the requests that fit, free budget, and the memory kept out by the utilisation cap."""
+    the requests that fit, free budget, and the memory kept out by the utilisation cap.
+
+    Everything stays inside the axes (legend below the bar, a short title), so an explorer's
+    later redraws cannot cut it; the reason for 0 requests is in :func:`describe_concurrency`.
+    """
     from ..plotting import color_for
     m = result.meta
+    u = UNITS[unit]
     parts = dict(result.components)
     parts["held back (1 - utilisation)"] = m["gpu_memory"] - m["usable"]
     left = 0.0
     for name, v in parts.items():
-        v = v / UNITS[unit]
+        v = v / u
         if v <= 0:
             continue
-        ax.barh([0], [v], left=left, color="#DDDDDD" if name.startswith("held") else color_for(name),
+        ax.barh([0.3], [v], left=left, color="#DDDDDD" if name.startswith("held") else color_for(name),
                 label=name, height=0.5)
         left += v
-    ax.axvline(m["usable"] / UNITS[unit], color="k", lw=1, ls="--")
-    ax.axvline(m["gpu_memory"] / UNITS[unit], color="k", lw=1.5)
+    ax.axvline(m["usable"] / u, color="k", lw=1, ls="--")
+    ax.axvline(m["gpu_memory"] / u, color="k", lw=1.5)
     ax.set_yticks([])
-    ax.set_xlim(0, max(m["gpu_memory"], m["gpu_memory"] - m["usable"] + result.total) / UNITS[unit] * 1.02)
-    ax.set_xlabel(f"{unit} (solid line: the GPU's memory; dashed: the utilisation cap)")
+    ax.set_ylim(-1.0, 1.0)
+    ax.set_xlim(0, max(m["gpu_memory"], m["gpu_memory"] - m["usable"] + result.total) / u * 1.04)
+    ax.set_xlabel(f"{unit} (solid line: what the runtime reports; dashed: the utilisation cap)")
     if m["requests"] == 0 and "reason" in m:
-        ax.set_title(f"0 requests: {m['reason']}", fontsize=10)
+        ax.set_title("0 requests: the weights do not fit", fontsize=10)
     else:
-        ax.set_title(f"{m['requests']:,} requests of {m.get('seq_len', '?')} tokens fit", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_title(f"{m['requests']:,} requests of {m.get('seq_len', '?'):,} tokens fit", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left", ncol=4)
     return ax
 
 
@@ -198,7 +207,7 @@ def describe_kv(b: Breakdown) -> str:
     lines = [b.table(), "",
              f"{m['attention']}: {m['bytes_per_token']:,} B/token = {m['bytes_per_token'] / 1024:,.2f} KiB/token "
              f"({m['kv_dtype']}" + (f", MLA {m['mla_form']}" if "mla_form" in m else "") + ")",
-             f"KV / weights ({m['weight_dtype']}, {m['weights'] / GiB:,.2f} GiB): {b.total / m['weights']:.1%}; "
+             f"KV / weights ({m['weight_dtype']}, {m['weights'] / GiB:,.2f} GiB): {b.total / m['weights']:.1%}",
              f"at batch {m['batch_size']}, {cross}"]
     return "\n".join(lines)
 
@@ -208,13 +217,20 @@ def describe_concurrency(r: Breakdown) -> str:
     m = r.meta
     lines = [r.table(), ""]
     if m["requests"] == 0 and "reason" in m:
-        lines.append(f"0 requests: {m['reason']}")
+        lines.append(f"0 requests: {m['reason']};")
+        lines.append("tensor parallelism splits the weights over several GPUs (chapter 07 counts how many).")
     else:
+        held = m["gpu_memory"] - m["usable"]
         lines.append(f"{m['requests']:,} requests of {m['seq_len']:,} tokens fit on {m['gpu']} "
                      f"({m['gpu_memory'] / GiB:,.2f} GiB = {m['gpu_memory'] / GB:,.2f} GB, "
-                     f"{m['gpu_memory_utilization']:.0%} usable); "
-                     f"KV per request {m['kv_per_request'] / 2**20:,.1f} MiB"
-                     + (f" in blocks of {m['block_size']} tokens" if m.get("block_size") else ""))
+                     f"{m['gpu_memory_utilization']:.0%} usable);")
+        lines.append(f"KV per request {m['kv_per_request'] / 2**20:,.1f} MiB"
+                     + (f" in blocks of {m['block_size']} tokens" if m.get("block_size") else "")
+                     + f"; {(m['budget'] - m['requests'] * m['kv_per_request']) / GiB:,.2f} GiB of the budget left over.")
+        lines.append(f"Margin: {held / GiB:,.2f} GiB above the {m['gpu_memory_utilization']:.0%} cap for the CUDA "
+                     "context, CUDA graphs and memory outside torch;")
+        reserve = r.get("activation_reserve", 0)
+        lines.append(f"activation reserve {reserve / GiB:,.2f} GiB (chapter 07 measures all of them).")
     return "\n".join(lines)
 
 
