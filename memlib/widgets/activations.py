@@ -45,8 +45,8 @@ def describe_activations(b: Breakdown) -> str:
     H = m["hidden_size"]
     ppt = m["per_layer_total"] / m["tokens"]
     lines = [b.table(), "",
-             f"one layer saves {m['per_layer_total']:,} B = {ppt:,.0f} B per token = {ppt / H:.1f}·h "
-             f"(h = {H:,}; Korthikanti's GPT layer: {KORTHIKANTI}·h + its s² term)"]
+             f"one layer saves {m['per_layer_total']:,} B = {ppt:,.0f} B per token = {ppt / H:.1f}·h",
+             f"  (h = {H:,}; Korthikanti's GPT layer: {KORTHIKANTI}·h + its s² term)"]
     if m["recompute"] != "none" and m["recompute_extra"]:
         lines.append(f"recompute={m['recompute']}: the backward brings one layer's "
                      f"{m['recompute_extra'] / GiB:,.3f} GiB back at a time")
@@ -54,7 +54,8 @@ def describe_activations(b: Breakdown) -> str:
     at_peak = {k: v for k, v in t.components.items() if v}
     parts = ", ".join(f"{k} {v / GiB:,.2f}" for k, v in at_peak.items())
     lines.append(f"training step peak: {m['peak'] / GiB:,.2f} GiB = {m['peak'] / 1e9:,.2f} GB in the "
-                 f"{m['peak_phase']} ({m['peak_at']}); live then (GiB): {parts}")
+                 f"{m['peak_phase']} ({m['peak_at']})")
+    lines.append(f"  live then (GiB): {parts}")
     return "\n".join(lines)
 
 

@@ -31,8 +31,9 @@ COMPONENT_COLORS = {"weights": "#4C72B0", "optimizer": "#DD8452", "gradients": "
                     "master_weights": "#64B5CD"}
 #: Colour of the phase that holds a step's peak.
 PHASE_COLORS = {"forward": "#55A868", "backward": "#C44E52", "step": "#4C72B0"}
-#: Line style of each optimizer implementation.
+#: Line style and colour of each optimizer implementation.
 IMPL_STYLES = {"loop": "-", "foreach": "--", "fused": ":"}
+IMPL_COLORS = {"loop": "#4C72B0", "foreach": "#DD8452", "fused": "#55A868"}
 #: Width of each phase on a timeline's x axis (the axis is "progress through the phase").
 PHASE_WIDTH = {"forward": 1.0, "backward": 1.0, "step": 0.35}
 
@@ -248,7 +249,7 @@ def plot_bytes_per_param(rows, ax, labels=None, reference: float | None = 16):
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(left.max(), reference or 0) * 1.22)
+    ax.set_xlim(0, max(left.max(), reference or 0) * 1.38)
     ax.set_xlabel("bytes per parameter")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
@@ -280,18 +281,20 @@ def plot_step_phase(results, ax, labels=None, measured=None, unit: str = "GiB"):
         left += vals
     back = np.array([r.phases["backward"] for r in results], dtype=float) / scale
     ax.plot(back, y, "|", color="k", ms=22, mew=2.2, label="backward's peak")
+    meas = [None if measured is None else measured[i] for i in range(len(results))]
+    pts = [(v / scale, i) for i, v in enumerate(meas) if v is not None]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "x", color="#b00020", ms=9, mew=2,
+                label="measured step peak (bench)", zorder=5)
+    right = max(left.max(), back.max())
     for i, r in enumerate(results):
-        ax.text(max(left[i], back[i]) + 0.01 * left.max(), i,
-                f" {left[i]:,.1f} {unit}" + (" > backward" if left[i] > back[i] else ""), va="center", fontsize=8)
-    if measured is not None:
-        pts = [(v / scale, i) for i, v in enumerate(measured) if v is not None]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "x", color="#b00020", ms=9, mew=2,
-                    label="measured step peak (bench)", zorder=5)
+        x = max(left[i], back[i], (meas[i] or 0) / scale) + 0.025 * right
+        ax.text(x, i, f"{left[i]:,.1f} {unit}" + (" > backward" if left[i] > back[i] else ""), va="center",
+                fontsize=8)
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(left.max(), back.max()) * 1.3)
+    ax.set_xlim(0, right * 1.32)
     ax.set_xlabel(f"live at the optimizer step's peak ({unit})")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
@@ -300,53 +303,55 @@ def plot_step_phase(results, ax, labels=None, measured=None, unit: str = "GiB"):
 def plot_peak_vs_seq_len(model, seq_lens, ax, precision: str = "bf16", impls=OPTIMIZER_IMPLS,
                          recompute: str = "none", batch_size: int = 1, unit: str = "GiB",
                          gpu: str | None = None):
-    """The peak of one training step against sequence length, one line per optimizer
-    implementation (:data:`IMPL_STYLES`), each point coloured by the phase holding the peak
-    (:data:`PHASE_COLORS`); one vectorised :func:`memlib.training.train_memory` call per line.
-    The first length whose peak is in the backward is marked for each implementation that
-    has one; ``gpu`` draws that GPU's memory.  Log-log axes.  Returns ``ax``."""
-    from matplotlib.lines import Line2D
+    """The peak of one training step against sequence length (log x, linear y), one line per
+    optimizer implementation (colour :data:`IMPL_COLORS`, style :data:`IMPL_STYLES`); one
+    vectorised :func:`memlib.training.train_memory` call per line.  Where the peak is in the
+    optimizer step a line is flat; where it is at the start of the backward it rises, the
+    same for every implementation.  A dot marks the first length (exact, from a sweep over
+    every integer length) whose peak is in the backward; an implementation whose step never
+    holds the peak says so in the legend.  ``gpu`` draws that GPU's memory.  Returns ``ax``."""
     from matplotlib.ticker import FuncFormatter
 
     from ..plotting import token_ticks
     s = np.asarray(seq_lens, dtype=np.int64)
+    dense = np.arange(int(s.min()), int(s.max()) + 1, dtype=np.int64)
     scale = UNITS[unit]
-    seen = set()
-    for impl in impls:
-        t = train_memory(model, batch_size, s, precision=precision, recompute=recompute, optimizer_impl=impl)
-        y, ph = np.asarray(t.total, dtype=float) / scale, t.meta["peak_phase"]
-        ax.plot(s, y, IMPL_STYLES[impl], color="0.25", lw=1.2, zorder=2)
-        for name, c in PHASE_COLORS.items():
-            sel = ph == name
-            if sel.any():
-                ax.plot(s[sel], y[sel], "o", ms=2.6, color=c, zorder=3)
-                seen.add(name)
-        back = np.flatnonzero(ph == "backward")
-        if len(back) and back[0] > 0:
-            i = back[0]
-            ax.annotate(f"{impl}: {int(s[i]):,}", (s[i], y[i]), xytext=(6, -12 if impl == "loop" else 6),
-                        textcoords="offset points", fontsize=7)
+    kw = dict(precision=precision, recompute=recompute)
+    top = 0.0
+    for j, impl in enumerate(impls):
+        y = np.asarray(train_memory(model, batch_size, s, optimizer_impl=impl, **kw).total, dtype=float) / scale
+        phase = train_memory(model, batch_size, dense, optimizer_impl=impl, **kw).meta["peak_phase"]
+        step, back = phase == "step", phase == "backward"
+        label = impl
+        if step.any() and back.any():
+            first = int(dense[np.argmax(back)])
+            label += f": step holds the peak up to {first - 1:,} tokens"
+            v = train_memory(model, batch_size, first, optimizer_impl=impl, **kw).total / scale
+            ax.plot([first], [v], "o", color=IMPL_COLORS[impl], ms=6, zorder=4)
+        elif back.all():
+            label += ": the backward holds the peak at every length"
+        else:
+            label += ": the step holds the peak at every length"
+        ax.plot(s, y, IMPL_STYLES[impl], color=IMPL_COLORS[impl], lw=1.8, label=label, zorder=3 - j * 0.1)
+        top = max(top, float(y.max()))
     if gpu is not None:
         g = GPUS[gpu] / scale
         ax.axhline(g, color="k", lw=0.8, ls="-.")
-        ax.text(s[-1], g, f"{gpu} ", fontsize=7, ha="right", va="bottom")
-    handles = [Line2D([], [], ls=IMPL_STYLES[i], color="0.25", label=f"optimizer_impl={i}") for i in impls]
-    handles += [Line2D([], [], ls="", marker="o", color=c, label=f"peak in the {p}")
-                for p, c in PHASE_COLORS.items() if p in seen]
+        ax.text(s[0], g, f" {gpu}", fontsize=7, ha="left", va="bottom")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(token_ticks))
+    ax.set_ylim(0, top * 1.3)
     ax.set_xlabel(f"sequence length (tokens, batch {batch_size})")
     ax.set_ylabel(f"peak of one step ({unit})")
-    ax.legend(handles=handles, fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", title="AdamW implementation", title_fontsize=7)
     return ax
 
 
 def plot_lora_fit(results, ax, gpu_memory: int | None = None, labels=None, gpu_name: str | None = None,
                   unit: str = "GiB"):
     """One stacked bar per LoRA/QLoRA (or any training) Breakdown, and the GPU's memory as a
-    line: a bar under the line fits.  Above each bar, its peak and its margin to the line
-    (``+`` spare, ``-`` short), before the CUDA context and the allocator's slack, which
+    line (in the legend): a bar under the line fits.  Above each bar, its peak and its margin
+    to the line (spare or short), before the CUDA context and the allocator's slack, which
     come on top (chapter 07).  ``gpu_memory`` defaults to the first result's
     ``meta["gpu_memory"]``.  Returns ``ax``."""
     from ..plotting import stacked_bar
@@ -357,21 +362,20 @@ def plot_lora_fit(results, ax, gpu_memory: int | None = None, labels=None, gpu_n
         gpu_memory = results[0].meta.get("gpu_memory")
         gpu_name = gpu_name or results[0].meta.get("gpu")
     stacked_bar(results, ax=ax, unit=unit, labels=labels or [r.title for r in results],
-                colors=COMPONENT_COLORS)
+                colors=COMPONENT_COLORS, legend=False)
     top = max(r.total for r in results) / UNITS[unit]
     if gpu_memory:
         g = gpu_memory / UNITS[unit]
-        ax.axhline(g, color="k", ls="--", lw=1)
-        ax.text(0.99, g, f"{gpu_name or 'GPU'}: {g:,.2f} {unit}", ha="right", va="bottom", fontsize=8,
-                transform=ax.get_yaxis_transform())
+        ax.axhline(g, color="k", ls="--", lw=1, label=f"{gpu_name or 'GPU'}: {g:,.2f} {unit}")
         for x, r in enumerate(results):
             m = (gpu_memory - r.total) / UNITS[unit]
-            ax.annotate(f"{m:+,.2f} {'spare' if m >= 0 else 'short'}", (x, r.total / UNITS[unit]),
+            ax.annotate(f"{abs(m):,.2f} {unit} {'spare' if m >= 0 else 'short'}", (x, r.total / UNITS[unit]),
                         xytext=(0, 13), textcoords="offset points", ha="center", va="bottom", fontsize=7,
                         color="#1b7a1b" if m >= 0 else "#b00020")
         top = max(g, top)
     ax.set_ylim(0, top * 1.22)
     ax.set_ylabel(f"peak memory ({unit})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
 
 
