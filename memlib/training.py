@@ -8,20 +8,25 @@ A training step goes through three phases, and memory peaks in one of them:
 * **backward**: it starts with every saved activation plus the loss's three fp32
   ``T × V`` buffers (log-softmax, its gradient, the logits' gradient); then, from the
   last layer down, each layer's activations are freed as its gradients appear;
-* **step**: weights + gradients + optimizer state + the optimizer's temporaries (AdamW
-  without ``foreach`` computes ``sqrt(v) / c`` one tensor at a time: two temporaries the
-  size of the largest parameter).
+* **step**: weights + gradients + optimizer state + the optimizer's temporaries, which
+  depend on the implementation (:func:`step_temporaries`): AdamW's loop holds about two
+  tensors of the largest parameter's size, ``foreach`` (PyTorch's default on CUDA) a whole
+  second moment, ``fused`` (the HF Trainer's default) nothing.
 
 :func:`train_memory` evaluates the live bytes at every boundary of that timeline (a list
 of :class:`Mark` records) and reports the peak, the phase it falls in, and what is live
 then.  Precision recipes:
 
-* ``bf16`` (the default: every tensor bf16, the recipe with the smallest footprint, though
-  a lossy one: updates smaller than bf16's resolution are lost):
+* ``bf16`` (the default: every tensor bf16, what a script that loads the checkpoint in
+  bf16 and builds ``torch.optim.AdamW`` trains with; the smallest footprint, so a lower
+  bound, though a lossy recipe: updates smaller than bf16's resolution are lost):
   ``2 + 2 + 2·2 = 8`` bytes/param with AdamW;
-* ``mixed``: fp32 params, gradients and AdamW state: ``4 + 4 + 8 = 16`` bytes/param (the
-  ZeRO paper's figure), plus autocast's cache of bf16 copies of every matmul weight,
-  ``2`` bytes/param, alive from its first use in the forward to the end of the backward.
+* ``mixed`` (PyTorch AMP): fp32 params, gradients and AdamW state: ``4 + 4 + 8 = 16``
+  bytes/param, plus autocast's cache of bf16 copies of every matmul weight, ``2``
+  bytes/param, filled during the forward (autocast wraps the forward only); leaving
+  autocast keeps the copies autograd saved, and each layer's backward frees its own.
+  :func:`state_bytes` also gives the DeepSpeed, Megatron-LM and FSDP2 splits
+  (:data:`RECIPES`).
 
 The timeline (:func:`step_timeline`) takes a :class:`Stage`, a range of layers with or
 without the embedding and the head, so a pipeline stage is expressed with it (chapter 05);
@@ -496,9 +501,10 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     temporaries).  ``phases`` holds the peak of each phase, ``peak_phase`` the one that
     wins, ``peak_at`` the moment, ``meta["marks"]`` the :class:`Mark` at every boundary.
 
-    ``precision`` defaults to ``"bf16"`` (everything bf16: the smallest recipe, and a lossy
-    one); ``"mixed"`` is fp32 master weights with autocast around the forward (PyTorch's AMP
-    recipe, accelerate and the HF Trainer: the backward runs outside it).
+    ``precision`` defaults to ``"bf16"`` (everything bf16: the smallest recipe, a lower bound
+    for "does it fit", and a lossy one); ``"mixed"`` is fp32 master weights with autocast
+    around the forward (PyTorch's AMP recipe, accelerate and the HF Trainer: the backward
+    runs outside it).
     ``optimizer_impl``: ``"foreach"`` (default, what PyTorch picks on CUDA), ``"loop"`` or
     ``"fused"`` (the HF Trainer's default): see :func:`step_temporaries`.  ``grad_accum > 1`` keeps
     gradients alive through the forward of the later micro-batches.  ``runtime`` is
