@@ -467,7 +467,7 @@ def lora_explorer(model="Llama-2-7b", rank: int = 16, targets: str = "all-linear
     def plot(r, ax):
         plot_lora_fit([r], ax, labels=[f"{'QLoRA' if r.meta['base'] == 'nf4' else 'LoRA'} r={r.meta['rank']}"])
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        fixed_margins(ax, left=0.8, right=1.45, bottom=0.4, top=0.15)
+        fixed_margins(ax, left=0.8, right=2.0, bottom=0.4, top=0.15)
 
     return Explorer(compute, controls, plot=plot, describe=describe_lora, figsize=(5.5, 3.6),
                     title="LoRA / QLoRA: does it fit on this GPU?")
