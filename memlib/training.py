@@ -8,20 +8,25 @@ A training step goes through three phases, and memory peaks in one of them:
 * **backward**: it starts with every saved activation plus the loss's three fp32
   ``T × V`` buffers (log-softmax, its gradient, the logits' gradient); then, from the
   last layer down, each layer's activations are freed as its gradients appear;
-* **step**: weights + gradients + optimizer state + the optimizer's temporaries (AdamW
-  without ``foreach`` computes ``sqrt(v) / c`` one tensor at a time: two temporaries the
-  size of the largest parameter).
+* **step**: weights + gradients + optimizer state + the optimizer's temporaries, which
+  depend on the implementation (:func:`step_temporaries`): AdamW's loop holds about two
+  tensors of the largest parameter's size, ``foreach`` (PyTorch's default on CUDA) a whole
+  second moment, ``fused`` (the HF Trainer's default) nothing.
 
 :func:`train_memory` evaluates the live bytes at every boundary of that timeline (a list
 of :class:`Mark` records) and reports the peak, the phase it falls in, and what is live
 then.  Precision recipes:
 
-* ``bf16`` (the default: every tensor bf16, the recipe with the smallest footprint, though
-  a lossy one: updates smaller than bf16's resolution are lost):
+* ``bf16`` (the default: every tensor bf16, what a script that loads the checkpoint in
+  bf16 and builds ``torch.optim.AdamW`` trains with; the smallest footprint, so a lower
+  bound, though a lossy recipe: updates smaller than bf16's resolution are lost):
   ``2 + 2 + 2·2 = 8`` bytes/param with AdamW;
-* ``mixed``: fp32 params, gradients and AdamW state: ``4 + 4 + 8 = 16`` bytes/param (the
-  ZeRO paper's figure), plus autocast's cache of bf16 copies of every matmul weight,
-  ``2`` bytes/param, alive from its first use in the forward to the end of the backward.
+* ``mixed`` (PyTorch AMP): fp32 params, gradients and AdamW state: ``4 + 4 + 8 = 16``
+  bytes/param, plus autocast's cache of bf16 copies of every matmul weight, ``2``
+  bytes/param, filled during the forward (autocast wraps the forward only); leaving
+  autocast keeps the copies autograd saved, and each layer's backward frees its own.
+  :func:`state_bytes` also gives the DeepSpeed, Megatron-LM and FSDP2 splits
+  (:data:`RECIPES`).
 
 The timeline (:func:`step_timeline`) takes a :class:`Stage`, a range of layers with or
 without the embedding and the head, so a pipeline stage is expressed with it (chapter 05);
@@ -48,6 +53,7 @@ from .validation import choice, exact_sweeps, positive_int
 #: The components of a training step, bottom to top, and their kinds.
 COMPONENTS = ("weights", "optimizer", "gradients", "autocast_cache", "activations", "transient")
 KINDS = {"weights": "model_state", "optimizer": "model_state", "gradients": "model_state",
+         "master_weights": "model_state",
          "autocast_cache": "transient", "activations": "activation", "transient": "transient"}
 
 
@@ -495,9 +501,10 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     temporaries).  ``phases`` holds the peak of each phase, ``peak_phase`` the one that
     wins, ``peak_at`` the moment, ``meta["marks"]`` the :class:`Mark` at every boundary.
 
-    ``precision`` defaults to ``"bf16"`` (everything bf16: the smallest recipe, and a lossy
-    one); ``"mixed"`` is fp32 master weights with autocast around the forward (PyTorch's AMP
-    recipe, accelerate and the HF Trainer: the backward runs outside it).
+    ``precision`` defaults to ``"bf16"`` (everything bf16: the smallest recipe, a lower bound
+    for "does it fit", and a lossy one); ``"mixed"`` is fp32 master weights with autocast
+    around the forward (PyTorch's AMP recipe, accelerate and the HF Trainer: the backward
+    runs outside it).
     ``optimizer_impl``: ``"foreach"`` (default, what PyTorch picks on CUDA), ``"loop"`` or
     ``"fused"`` (the HF Trainer's default): see :func:`step_temporaries`.  ``grad_accum > 1`` keeps
     gradients alive through the forward of the later micro-batches.  ``runtime`` is
@@ -528,26 +535,76 @@ def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):
     return 2 * 2 * sc.tokens * spec.intermediate_size
 
 
-def state_bytes(model, precision: str = "mixed", optimizer: str = "adamw") -> Breakdown:
-    """Model states of a full fine-tune (chapter 04): ``weights``, ``gradients``, ``optimizer``
-    state and, under ``mixed``, the ``autocast_cache`` (bf16 copies of every matmul weight).
+class Recipe(NamedTuple):
+    """Bytes per parameter of one mixed-precision recipe (chapter 04): the ``weights`` the
+    model computes with, their ``gradients``, an fp32 ``master`` copy the optimizer updates
+    (0 when the weights themselves are fp32), the bytes of each optimizer ``state`` value,
+    and whether autocast caches bf16 copies of the matmul weights (``cache``)."""
 
-    ``bf16``: ``2 + 2 + state(2)``; ``mixed``: ``4 + 4 + state(4)`` bytes per parameter,
-    plus ``2`` per matmul weight for the cache.  ``meta["params"]`` is the parameter
-    count, so ``b[k] / b.meta["params"]`` is bytes per parameter.
+    weights: int
+    gradients: int
+    master: int
+    state: int
+    cache: bool
+    label: str
+
+
+#: Mixed-precision recipes as the libraries that define them store a model (chapter 04):
+#:
+#: * ``amp``: PyTorch AMP (also accelerate and the HF Trainer on an fp32 model): fp32
+#:   weights, gradients and states, ``torch.autocast(bfloat16)`` around the forward;
+#: * ``deepspeed``: the ZeRO paper's accounting (Rajbhandari et al., 2020, §3.1), as
+#:   DeepSpeed's ZeRO optimizer stores it: 16-bit weights and gradients, an fp32 master
+#:   copy and fp32 moments, ``2 + 2 + 12``;
+#: * ``megatron``: Megatron-LM's ``--bf16``, which forces gradient accumulation and
+#:   all-reduce in fp32 (``main_grad``): ``2 + 4 + 12 = 18`` (Megatron Core's
+#:   distributed-optimizer guide: "float16 param, fp32 grads: 18");
+#: * ``fsdp2``: ``fully_shard`` with ``MixedPrecisionPolicy(param_dtype=bfloat16,
+#:   reduce_dtype=float32)``: the sharded parameters stay fp32 and serve as the master
+#:   copy, gradients and states fp32: ``4 + 4 + 8``; the bf16 copies of one layer's
+#:   gathered parameters exist only while it runs (a transient, not a state).
+RECIPES = {
+    "amp": Recipe(4, 4, 0, 4, True, "PyTorch AMP"),
+    "deepspeed": Recipe(2, 2, 4, 4, False, "DeepSpeed (ZeRO paper)"),
+    "megatron": Recipe(2, 4, 4, 4, False, "Megatron-LM bf16"),
+    "fsdp2": Recipe(4, 4, 0, 4, False, "FSDP2 mixed precision"),
+}
+
+
+def state_bytes(model, precision: str = "mixed", optimizer: str = "adamw", recipe: str | None = None) -> Breakdown:
+    """Model states of a full fine-tune (chapter 04): ``weights``, ``gradients``, an fp32
+    ``master_weights`` copy where the recipe keeps one, ``optimizer`` state and, under
+    PyTorch AMP, the ``autocast_cache`` (bf16 copies of every matmul weight, alive during
+    the forward and, for the copies autograd saved, into the backward).
+
+    ``bf16``: ``2 + 2 + state(2)`` bytes per parameter.  ``mixed`` takes a ``recipe``
+    from :data:`RECIPES` (default ``"amp"``): ``weights + gradients + master + state(s)``,
+    e.g. with AdamW ``4 + 4 + 0 + 8`` (``amp``, ``fsdp2``), ``2 + 2 + 4 + 8``
+    (``deepspeed``), ``2 + 4 + 4 + 8 = 18`` (``megatron``); ``amp`` adds ``2`` per matmul
+    weight for the cache.  ``meta["params"]`` is the parameter count, so
+    ``b[k] / b.meta["params"]`` is bytes per parameter.
     """
     from .scenario import PRECISIONS
     choice("precision", precision, PRECISIONS)
+    if precision == "bf16":
+        if recipe is not None:
+            raise ValueError(f"recipe: applies to precision='mixed' only (one of {', '.join(RECIPES)}); "
+                             f"got recipe={recipe!r} with precision='bf16'")
+        rec = Recipe(2, 2, 0, 2, False, "pure bf16")
+    else:
+        rec = RECIPES[choice("recipe", recipe or "amp", tuple(RECIPES))]
     spec = load_spec(model)
     P = total_params(spec)
-    p = 4 if precision == "mixed" else 2
-    comps = {"weights": P * p, "gradients": P * p,
-             "optimizer": optimizer_state_bytes(spec, optimizer, state_bytes=p)}
-    if precision == "mixed":
+    comps = {"weights": P * rec.weights, "gradients": P * rec.gradients}
+    if rec.master:
+        comps["master_weights"] = P * rec.master
+    comps["optimizer"] = optimizer_state_bytes(spec, optimizer, state_bytes=rec.state)
+    if rec.cache:
         comps["autocast_cache"] = 2 * matmul_weight_params(spec)
-    return Breakdown(comps, title=f"{spec.name}: {precision} {OPTIMIZER_LABELS.get(optimizer, optimizer)}",
+    return Breakdown(comps, title=f"{spec.name}: {rec.label} {OPTIMIZER_LABELS.get(optimizer, optimizer)}",
                      kinds={k: KINDS[k] for k in comps},
-                     meta={"params": P, "precision": precision, "optimizer": optimizer})
+                     meta={"params": P, "precision": precision, "optimizer": optimizer,
+                           "recipe": None if precision == "bf16" else (recipe or "amp")})
 
 
 #: Optimizer names as the chapters print them.
@@ -555,6 +612,6 @@ OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD", "sgd_momentum": "SGD + momen
                     "adafactor": "Adafactor (factored)", "adamw_8bit": "8-bit AdamW (bnb)", "lion": "Lion"}
 
 
-__all__ = ["train_memory", "state_bytes", "step_timeline", "prepare_step", "summarize", "Mark", "Stage",
+__all__ = ["train_memory", "state_bytes", "RECIPES", "Recipe", "step_timeline", "prepare_step", "summarize", "Mark", "Stage",
            "StepInputs", "matmul_weight_params", "largest_param_tensor", "step_temporaries",
            "checkpointed_inputs", "kept_per_layer", "mlp_backward_extra", "COMPONENTS", "PHASES"]

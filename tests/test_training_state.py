@@ -62,6 +62,33 @@ def test_state_bytes_per_param_llama():
         state_bytes("Llama-3.1-8B", "fp8")
 
 
+def test_mixed_precision_recipes_by_hand(tiny_llama):
+    # weights + gradients + fp32 master + AdamW's two fp32 moments, per parameter:
+    # PyTorch AMP 4 + 4 + 0 + 8, the ZeRO paper (DeepSpeed) 2 + 2 + 4 + 8, Megatron-LM's bf16
+    # (fp32 main gradients) 2 + 4 + 4 + 8 = 18, FSDP2 (fp32 shards are the master) 4 + 4 + 0 + 8
+    by_hand = {"amp": (4, 4, 0, 8), "deepspeed": (2, 2, 4, 8), "megatron": (2, 4, 4, 8), "fsdp2": (4, 4, 0, 8)}
+    for recipe, (w, g, master, opt) in by_hand.items():
+        b = state_bytes(tiny_llama, "mixed", "adamw", recipe=recipe)
+        assert b["weights"] == w * P_TINY and b["gradients"] == g * P_TINY
+        assert b.get("master_weights", 0) == master * P_TINY
+        assert b["optimizer"] == opt * P_TINY
+        assert b.meta["recipe"] == recipe
+    assert state_bytes(tiny_llama, "mixed", recipe="megatron").total == 18 * P_TINY == 1_406_592
+    assert state_bytes(tiny_llama, "mixed", recipe="deepspeed").total == 16 * P_TINY
+    # only AMP casts per op and caches the bf16 copies: 2 bytes per Linear weight and lm_head
+    assert state_bytes(tiny_llama, "mixed", recipe="amp")["autocast_cache"] == 2 * (L * PER_LAYER + V * H)
+    assert "autocast_cache" not in state_bytes(tiny_llama, "mixed", recipe="fsdp2")
+    # the default mixed recipe is AMP; the master copy also serves SGD with momentum
+    assert state_bytes(tiny_llama, "mixed").components == state_bytes(tiny_llama, "mixed", recipe="amp").components
+    assert state_bytes(tiny_llama, "mixed", "sgd_momentum", recipe="megatron").total == (2 + 4 + 4 + 4) * P_TINY
+    P = 8_030_261_248                                               # Llama-3.1-8B, chapter 01
+    assert state_bytes("Llama-3.1-8B", "mixed", recipe="megatron").total == 18 * P == 144_544_702_464
+    with pytest.raises(ValueError, match="recipe"):
+        state_bytes(tiny_llama, "bf16", recipe="megatron")
+    with pytest.raises(ValueError, match="recipe"):
+        state_bytes(tiny_llama, "mixed", recipe="apex")
+
+
 # -- the step, by hand ---------------------------------------------------------------------------
 def test_step_tiny_by_hand(tiny_llama):
     r = train_memory(tiny_llama, 1, 16, optimizer_impl="loop")

@@ -73,7 +73,8 @@ def test_plot_functions(ax):
     ax.clear()
     plot_logits_share(["Qwen3-0.6B", "gpt2"], ax)
     ax.clear()
-    plot_recompute("Llama-3.1-8B", ax, seq_len=2048, log=True)
+    plot_recompute("Llama-3.1-8B", ax, seq_len=2048, ymax=10.0)
+    assert ax.get_ylim() == (0.0, 10.0) and ax.get_yscale() == "linear"
     ax.clear()
     plot_predicted_vs_measured([1e9, 2e9, 4e9], [1.01e9, 2e9, 3.9e9], ax, groups=["a", "a", "b"])
     ax.clear()

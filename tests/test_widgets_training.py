@@ -110,3 +110,47 @@ def test_plot_functions(ax):
     plot_lora_fit([lora_fit("Llama-2-7b", base=b) for b in ("bf16", "nf4")], ax)
     ax.clear()
     plot_predicted_vs_measured([1e9, 2e9, 4e9], [1.01e9, 1.98e9, 4e9], ax, groups=["a", "a", "b"])
+
+
+def test_training_explorer_optimizer_impl_control(tiny_llama):
+    ex = training_explorer(model=tiny_llama, batch_size=1, seq_len=16)
+    # the step's temporaries, by hand: foreach a whole bf16 second moment, fused none
+    assert ex.set(optimizer_impl="fused").phases["step"] == (2 + 2 + 4) * P_TINY
+    assert ex.set(optimizer_impl="foreach").phases["step"] == (2 + 2 + 4 + 2) * P_TINY
+    assert ex.set(optimizer_impl="loop").phases["step"] == train_memory(tiny_llama, 1, 16, optimizer_impl="loop").phases["step"]
+
+
+def test_lora_explorer_dropout_control_adds_the_dropout_copies(tiny_llama):
+    ex = lora_explorer(model=tiny_llama, rank=8, targets="q_proj, v_proj", base="bf16", seq_len=16)
+    assert ex.result.meta["lora_dropout"] == 0.0 and not ex.result.meta["double_quant"]
+    off = ex.result.meta["activations_saved"]
+    on = ex.set(lora_dropout=0.05).meta["activations_saved"]
+    # q and v each keep a dropped-out bf16 copy of their 64-wide input and a 1-byte mask, in 2 layers
+    assert on - off == L * 2 * (2 + 1) * 16 * H == 12_288
+    assert ex.set(lora_dropout=1.0) is None and "lora_dropout" in ex.error
+
+
+def test_explorers_keep_their_margins_when_the_numbers_grow():
+    # the y label must not be pushed out of the figure by wider tick labels after an update
+    ex = training_explorer()
+    pos = ex.ax.get_position().bounds
+    ex.set(seq_len=131_072, precision="mixed")
+    assert ex.ax.get_position().bounds == pos and pos[0] * ex.fig.get_size_inches()[0] >= 0.75
+
+
+def test_new_plot_functions(ax):
+    from memlib.widgets.training import plot_peak_vs_seq_len, plot_step_phase
+    rs = [train_memory("Llama-3.1-8B", 1, 2048, optimizer_impl=i) for i in ("loop", "foreach", "fused")]
+    plot_step_phase(rs, ax, labels=["loop", "foreach", "fused"], measured=[rs[0].phases["step"], None, None])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["loop", "foreach", "fused"]
+    ax.clear()
+    plot_peak_vs_seq_len("Qwen3-0.6B", [256, 1024, 4096], ax)
+    labels = ax.get_legend().get_texts()
+    assert any("fused: the backward holds the peak at every length" in t.get_text() for t in labels)
+    ax.clear()
+    plot_bytes_per_param([state_bytes("Llama-3.1-8B", "mixed", recipe=r) for r in ("amp", "megatron")], ax)
+    assert "master weights" in [t.get_text() for t in ax.get_legend().get_texts()]
+    ax.clear()
+    r = lora_fit("Llama-2-7b", base="bf16", lora_dropout=0.05)
+    plot_lora_fit([r], ax)
+    assert any("GiB short" in t.get_text() for t in ax.texts)

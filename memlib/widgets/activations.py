@@ -45,8 +45,8 @@ def describe_activations(b: Breakdown) -> str:
     H = m["hidden_size"]
     ppt = m["per_layer_total"] / m["tokens"]
     lines = [b.table(), "",
-             f"one layer saves {m['per_layer_total']:,} B = {ppt:,.0f} B per token = {ppt / H:.1f}·h "
-             f"(h = {H:,}; Korthikanti's GPT layer: {KORTHIKANTI}·h + its s² term)"]
+             f"one layer saves {m['per_layer_total']:,} B = {ppt:,.0f} B per token = {ppt / H:.1f}·h",
+             f"  (h = {H:,}; Korthikanti's GPT layer: {KORTHIKANTI}·h + its s² term)"]
     if m["recompute"] != "none" and m["recompute_extra"]:
         lines.append(f"recompute={m['recompute']}: the backward brings one layer's "
                      f"{m['recompute_extra'] / GiB:,.3f} GiB back at a time")
@@ -54,7 +54,8 @@ def describe_activations(b: Breakdown) -> str:
     at_peak = {k: v for k, v in t.components.items() if v}
     parts = ", ".join(f"{k} {v / GiB:,.2f}" for k, v in at_peak.items())
     lines.append(f"training step peak: {m['peak'] / GiB:,.2f} GiB = {m['peak'] / 1e9:,.2f} GB in the "
-                 f"{m['peak_phase']} ({m['peak_at']}); live then (GiB): {parts}")
+                 f"{m['peak_phase']} ({m['peak_at']})")
+    lines.append(f"  live then (GiB): {parts}")
     return "\n".join(lines)
 
 
@@ -247,15 +248,16 @@ def plot_logits_share(models, ax, batch_size: int = 1, seq_len: int = 4096, atte
 
 
 def plot_recompute(model, ax, batch_size: int = 1, seq_len: int = 4096, precision: str = "bf16", unit: str = "GiB",
-                   log: bool = False):
-    """Grouped bars: the activations saved by the forward (stacked by block) for recompute
-    none / selective / full, with SDPA and eager attention; ``log=True`` for a log y axis
-    (the smallest segment stays visible).  Returns ``ax``."""
+                   ymax: float | None = None):
+    """Grouped bars on a linear axis: the activations saved by the forward (stacked by block)
+    for recompute none / selective / full, with SDPA and eager attention.  ``ymax`` (in
+    ``unit``) zooms in: a bar taller than it is cut at the top edge, with a zigzag and its
+    total written there.  (Bars are never stacked on a log axis, where the lower segments
+    would look far larger than they are.)  Returns ``ax``."""
     spec = load_spec(model)
     x = 0
     ticks, labels = [], []
     seen = set()
-    smallest = float("inf")
     for att in ATTENTIONS:
         for rec in RECOMPUTE:
             b = activation_breakdown(spec, batch_size, seq_len, precision, att, rec)
@@ -268,21 +270,27 @@ def plot_recompute(model, ax, batch_size: int = 1, seq_len: int = 4096, precisio
                 ax.bar([x], [v], bottom=bottom, color=color, width=0.7, label=None if name in seen else name)
                 seen.add(name)
                 bottom += v
-            ax.text(x, bottom, f"{bottom:,.1f}", ha="center", va="bottom", fontsize=8)
-            smallest = min([v / UNITS[unit] for v in b.components.values() if v > 0] + [smallest])
+            if ymax is not None and bottom > ymax:
+                ax.plot([x - 0.35, x - 0.12, x + 0.12, x + 0.35], [ymax * 0.96, ymax * 0.99, ymax * 0.93, ymax * 0.96],
+                        color="white", lw=3, clip_on=False, zorder=4)
+                ax.text(x, ymax * 0.9, f"{bottom:,.0f} ↑", ha="center", va="top", fontsize=8, color="white",
+                        fontweight="bold", zorder=5)
+            else:
+                ax.text(x, bottom, f"{bottom:,.1f}", ha="center", va="bottom", fontsize=8)
             ticks.append(x)
             labels.append(f"{rec}\n{attention_used(spec, att)}")
             x += 1
         x += 0.5
     ax.set_xticks(ticks)
     ax.set_xticklabels(labels, fontsize=8)
-    if log:
-        ax.set_yscale("log")
-        ax.set_ylim(bottom=smallest / 2)
+    if ymax is not None:
+        ax.set_ylim(0, ymax)
+    else:
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.08)
     ax.set_ylabel(f"{unit} saved by the forward")
     ax.set_title(f"{spec.name}, b={batch_size} s={seq_len:,} {precision}: recompute none / selective / full",
                  fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
 
 
