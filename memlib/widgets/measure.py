@@ -15,7 +15,7 @@ ipywidgets and matplotlib are imported only inside the functions that need them.
 from __future__ import annotations
 
 from ..measure.accuracy import TARGETS, committed_points, compared, point_comparison
-from ..plotting import color_for, plot_predicted_vs_measured
+from ..plotting import PALETTE, color_for, plot_predicted_vs_measured
 from ..units import GiB
 
 #: Colours of the bench's parts (chapter 04's component colours; buffers grey).
@@ -25,16 +25,24 @@ PHASES = ("forward", "backward", "step")
 
 
 # -- the accuracy of a kind ------------------------------------------------------------------------------
+def group_colors(rows) -> dict:
+    """``{group: colour}`` in the order the groups first appear: the same figure whatever was
+    drawn before it (:func:`memlib.plotting.color_for` depends on history)."""
+    groups = dict.fromkeys(r["group"] for r in compared(rows))
+    return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
+
+
 def plot_signed_errors(rows, ax, band: float = TARGETS["max_abs"], under: float | None = TARGETS["worst_under"],
-                       title: str = ""):
+                       title: str = "", colors=None):
     """The signed error ``(predicted - measured) / measured`` of every compared row, in %, one
-    line per group (the colours of :func:`memlib.plotting.plot_predicted_vs_measured`): the
+    line per group (``colors``: ``{group: colour}``, default :func:`group_colors`): the
     ``±band`` target shaded, the ``under`` limit dashed (None: no such limit), a cross where a
     training point's predicted peak phase is wrong.  A symmetric-log axis when an error passes
     10 %.  Returns ``ax``."""
     from matplotlib.ticker import FuncFormatter
     ok = compared(rows)
     groups = list(dict.fromkeys(r["group"] for r in ok))
+    colors = colors or group_colors(rows)
     ax.axvspan(-100 * band, 100 * band, color="0.9", label=f"±{100 * band:g} % target")
     ax.axvline(0, color="k", lw=0.8)
     if under is not None:
@@ -44,7 +52,7 @@ def plot_signed_errors(rows, ax, band: float = TARGETS["max_abs"], under: float 
         y = groups.index(r["group"])
         wrong = r["phase"] is not None and r["phase"] != r["predicted_phase"]
         ax.plot([100 * r["error"]], [y], "x" if wrong else "o", ms=6 if wrong else 4, alpha=0.7,
-                color="k" if wrong else color_for(r["group"]), mec="none" if not wrong else None)
+                color="k" if wrong else colors[r["group"]], mec="none" if not wrong else None)
     errs = [100 * r["error"] for r in ok] or [0.0]
     lo, hi = min(min(errs), -100 * band), max(max(errs), 100 * band)
     if max(abs(lo), abs(hi)) > 10:
@@ -74,12 +82,13 @@ def accuracy_figure(rows, title: str, band: float = TARGETS["max_abs"], under: f
     n_groups = len({r["group"] for r in ok})
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, max(4.6, 0.28 * n_groups + 1.6)),
                                  gridspec_kw={"width_ratios": [1, 1.2]}, layout="constrained")
+    colors = group_colors(rows)
     plot_predicted_vs_measured([r["measured"] for r in ok], [r["predicted"] for r in ok], a1,
-                               groups=[r["group"] for r in ok], band=band)
+                               groups=[r["group"] for r in ok], band=band, colors=colors)
     a1.set_xlabel(measured_label)
     a1.legend(fontsize=7, loc="upper left", ncol=2 if n_groups > 8 else 1)
     a1.set_title(f"{len(ok)} points compared, {len(rows) - len(ok)} left out", fontsize=10)
-    plot_signed_errors(rows, a2, band=band, under=under, title="signed error of every point")
+    plot_signed_errors(rows, a2, band=band, under=under, title="signed error of every point", colors=colors)
     fig.suptitle(title, fontsize=11)
     return fig
 
