@@ -53,7 +53,8 @@ _SHORT = (("batch_size", "b={}"), ("seq_len", "s={}"), ("world_size", "W={}"), (
 
 
 def point_label(point: dict, with_model: bool = True) -> str:
-    """A short name for a bench point: ``"Qwen3-0.6B b=1 s=512 bf16 recompute none sdpa adamw loop"``."""
+    """A short name for a bench point (chapter 08):
+    ``"Qwen3-0.6B b=1 s=512 bf16 recompute none sdpa adamw loop"``."""
     parts = [str(point["model"])] if with_model and "model" in point else []
     known = {k for k, _ in _SHORT} | {"model"}
     for key, fmt in _SHORT:
@@ -67,7 +68,7 @@ def load_records(kind: str, directory=None) -> list[dict]:
     """The stored records of ``data/bench/<kind>.jsonl`` (``[]`` when the file does not exist).
 
     A last line that is not complete JSON (a sweep still appending) is skipped; any other
-    bad line raises ``ValueError`` naming the file and line.
+    bad line raises ``ValueError`` naming the file and line (chapter 08).
     """
     path = Path(directory if directory is not None else BENCH_DIR) / f"{kind}.jsonl"
     if not path.exists():
@@ -192,7 +193,7 @@ def serving_rows(records=None) -> list[dict]:
 # -- the registry -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Comparison:
-    """One kind of comparison: where its data lives and how to read it."""
+    """One kind of comparison: where its data lives and how to read it (chapter 08)."""
 
     kind: str
     title: str
@@ -233,14 +234,14 @@ COMPARISONS = {c.kind: c for c in (
 
 
 def available(kind: str) -> str | None:
-    """None when ``kind``'s data and bridge exist, else the reason it is left out."""
+    """None when ``kind``'s data and bridge exist, else the reason it is left out (chapter 08)."""
     from ..validation import choice
     choice("kind", kind, tuple(COMPARISONS))
     return COMPARISONS[kind].check()
 
 
 def comparison_rows(kind: str) -> list[dict]:
-    """The rows of one kind of :data:`COMPARISONS` (``ValueError`` if it is not available)."""
+    """The rows of one kind of :data:`COMPARISONS` (``ValueError`` if it is not available) (chapter 08)."""
     why = available(kind)
     if why:
         raise ValueError(f"kind: {kind!r} is not available: {why}")
@@ -249,14 +250,14 @@ def comparison_rows(kind: str) -> list[dict]:
 
 # -- statistics -------------------------------------------------------------------------------------------
 def compared(rows) -> list[dict]:
-    """The rows that have an error (not left out)."""
+    """The rows that have an error (not left out) (chapter 08)."""
     return [r for r in rows if r["error"] is not None]
 
 
 def summary(rows) -> dict:
     """``n``, ``compared``, ``left_out``, ``exact`` (predicted == measured), ``median_abs``,
     ``max_abs``, ``within_1pct``, ``worst_under`` / ``worst_over`` (the rows, or None when no
-    point is under / over), and ``phase_agree`` / ``phase_points`` where rows carry phases."""
+    point is under / over), and ``phase_agree`` / ``phase_points`` where rows carry phases (chapter 08)."""
     ok = compared(rows)
     errs = [abs(r["error"]) for r in ok]
     under = min(ok, key=lambda r: r["error"], default=None)
@@ -273,7 +274,7 @@ def summary(rows) -> dict:
 
 
 def group_summary(rows, key) -> dict:
-    """``{value: summary(rows with that value)}``; ``key`` is a point field or a function of a row."""
+    """``{value: summary(rows with that value)}``; ``key`` is a point field or a function of a row (chapter 08)."""
     get = key if callable(key) else (lambda r: r["point"].get(key))
     groups: dict = {}
     for r in rows:
@@ -403,9 +404,10 @@ def residual_table(rows, min_abs: float = 1e-3, key=None) -> list[dict]:
     """The compared points whose |error| is at least ``min_abs``, grouped by kind, model and
     (training) attention/recompute; each group with its signed error range, the residual
     ``measured - predicted`` in bytes and in the unit its cause names (``in_units``: "exactly
-    1x" when the ratio is that whole number at every point of the group, else its range), and the cause (:data:`RESIDUAL_CAUSES`).
-    Rows: ``{"kind", "where", "points", "error_min", "error_max", "residual_min",
-    "residual_max", "unit", "in_units", "cause"}``, most negative error first (chapter 08)."""
+    1x" when the ratio is that whole number at every point of the group, else its range), and
+    the cause (:data:`RESIDUAL_CAUSES`).  Rows: ``{"kind", "where", "points", "error_min",
+    "error_max", "residual_min", "residual_max", "unit", "in_units", "cause"}``, most negative
+    error first (chapter 08)."""
     def default_key(r):
         p = r["point"]
         if r["kind"] == "train":
@@ -438,7 +440,7 @@ def residual_table(rows, min_abs: float = 1e-3, key=None) -> list[dict]:
 
 
 def exclusion_table(rows) -> list[dict]:
-    """The points left out, grouped by reason: ``{"kind", "reason", "points", "models"}``."""
+    """The points left out, grouped by reason: ``{"kind", "reason", "points", "models"}`` (chapter 08)."""
     groups: dict = {}
     for r in rows:
         if r["excluded"]:
@@ -468,7 +470,7 @@ def _train_parts(components: dict) -> dict:
 
 def committed_points(kind: str, records=None) -> dict:
     """``{model: {label: record}}`` of the stored bench records of ``kind`` (``prefill`` or
-    ``train``), labels without the model name, in the file's order."""
+    ``train``), labels without the model name, in the file's order (chapter 08)."""
     from ..validation import choice
     choice("kind", kind, ("prefill", "train"))
     out: dict = {}

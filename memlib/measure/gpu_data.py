@@ -18,7 +18,7 @@ PHASES = ("forward", "backward", "step")
 
 
 def load_gpu_runs(directory=None) -> list[dict]:
-    """Every ``<device>/<scenario>.json`` under ``data/gpu`` (``[]`` when there are none), sorted."""
+    """Every ``<device>/<scenario>.json`` under ``data/gpu`` (``[]`` when there are none), sorted (chapter 08)."""
     d = Path(directory) if directory is not None else GPU_DIR
     if not d.is_dir():
         return []

@@ -27,7 +27,7 @@ PHASES = ("forward", "backward", "step")
 # -- the accuracy of a kind ------------------------------------------------------------------------------
 def group_colors(rows) -> dict:
     """``{group: colour}`` in the order the groups first appear: the same figure whatever was
-    drawn before it (:func:`memlib.plotting.color_for` depends on history)."""
+    drawn before it (:func:`memlib.plotting.color_for` depends on history) (chapter 08)."""
     groups = dict.fromkeys(r["group"] for r in compared(rows))
     return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
 
@@ -38,7 +38,7 @@ def plot_signed_errors(rows, ax, band: float = TARGETS["max_abs"], under: float 
     line per group (``colors``: ``{group: colour}``, default :func:`group_colors`): the
     ``±band`` target shaded, the ``under`` limit dashed (None: no such limit), a cross where a
     training point's predicted peak phase is wrong.  A symmetric-log axis when an error passes
-    10 %.  Returns ``ax``."""
+    10 %.  Returns ``ax`` (chapter 08)."""
     from matplotlib.ticker import FuncFormatter
     ok = compared(rows)
     groups = list(dict.fromkeys(r["group"] for r in ok))
@@ -76,7 +76,7 @@ def accuracy_figure(rows, title: str, band: float = TARGETS["max_abs"], under: f
                     measured_label: str = "measured by the bench (GiB)"):
     """One figure for one kind of comparison: predicted against measured (log-log, one colour
     per group, the ``±band`` strip) beside the signed errors (:func:`plot_signed_errors`, with
-    the ``under`` limit).  ``measured_label`` is the x axis label.  Returns the figure."""
+    the ``under`` limit).  ``measured_label`` is the x axis label.  Returns the figure (chapter 08)."""
     import matplotlib.pyplot as plt
     ok = compared(rows)
     n_groups = len({r["group"] for r in ok})
@@ -110,7 +110,7 @@ def plot_point(result: dict, ax, unit_name: str = "GiB"):
     """One bench point (:func:`memlib.measure.accuracy.point_comparison`): measured (left) and
     predicted (right) bars stacked by part, for each phase of a training step (a phase whose
     measured split was not stored is a hatched total) or for the prefill.  A star marks each
-    side's peak phase.  Returns ``ax``."""
+    side's peak phase.  Returns ``ax`` (chapter 08)."""
     scale = GiB
     groups = list(result["phase_parts"]) if result["kind"] == "train" else ["prefill"]
     parts = list(result["parts"])
@@ -155,7 +155,7 @@ def plot_point(result: dict, ax, unit_name: str = "GiB"):
 
 def describe_point(result: dict) -> str:
     """The point as text: each part measured, predicted and the difference in bytes; the
-    phases and where each side puts the peak; memlib's own split of the non-state bytes."""
+    phases and where each side puts the peak; memlib's own split of the non-state bytes (chapter 08)."""
     w = 15
     lines = [result["label"] + (f"   [left out of the statistics: {result['excluded']}]" if result["excluded"] else ""),
              f"{'part':<14}{'measured':>{w}}{'memlib':>{w}}{'memlib − bench':>{w + 2}}"]
