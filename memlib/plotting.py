@@ -88,9 +88,10 @@ def token_ticks(x, _pos=None) -> str:
 
 
 def plot_predicted_vs_measured(measured, predicted, ax, groups=None, band: float = 0.05, unit: str = "GiB",
-                               title: str = ""):
-    """Predicted against measured bytes (log-log), one marker colour per group (e.g. model),
-    the diagonal and a ``±band`` strip.  Returns ``ax``."""
+                               title: str = "", colors=None):
+    """Predicted against measured bytes (log-log), one marker colour per group (e.g. model;
+    ``colors``: ``{group: colour}``, default :func:`color_for`), the diagonal and a ``±band``
+    strip.  Returns ``ax``."""
     meas = np.asarray(measured, dtype=float) / UNITS[unit]
     pred = np.asarray(predicted, dtype=float) / UNITS[unit]
     groups = list(groups) if groups is not None else ["points"] * len(meas)
@@ -100,7 +101,8 @@ def plot_predicted_vs_measured(measured, predicted, ax, groups=None, band: float
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
     for j, g in enumerate(dict.fromkeys(groups)):
         idx = [i for i, x in enumerate(groups) if x == g]
-        ax.plot(meas[idx], pred[idx], MARKERS[j % len(MARKERS)], ms=4, alpha=0.8, color=color_for(g), label=g)
+        ax.plot(meas[idx], pred[idx], MARKERS[j % len(MARKERS)], ms=4, alpha=0.8,
+                color=(colors or {}).get(g) or color_for(g), label=g)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)

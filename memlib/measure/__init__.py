@@ -30,7 +30,7 @@ Reference scenarios (chapter 08):
 * :func:`crosscheck_train` -- the same training step watched by the bench and by
   PyTorch's ``MemTracker`` at once (:mod:`memlib.measure.crosscheck`).
 
-What is counted, and what is not (``data/bench/COUNTING.md`` tells the whole story):
+What is counted, and what is not (chapter 08, ``notebooks/08_measure.ipynb``, tells the whole story):
 every storage an aten op returns, once, from the op until the storage dies; never the
 input batch (made before counting); never memory a single kernel allocates and frees
 inside itself (cuBLAS workspaces: the GPU path reports ``max_memory_allocated`` for

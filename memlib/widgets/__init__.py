@@ -23,6 +23,7 @@ _EXPLORERS = {
     "training_explorer": "memlib.widgets.training",
     "lora_explorer": "memlib.widgets.training",
     "which_gpu_explorer": "memlib.widgets.serving",
+    "measure_explorer": "memlib.widgets.measure",
     "Explorer": "memlib.widgets.base",
 }
 
