@@ -139,6 +139,13 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
     trainable = sum(r * c * n for r, c, n in mats)
     base_weights = weight_memory(spec, "nf4" if base == "nf4" else "bf16", double_quant=double_quant).total
     per_layer_adapters = trainable * p // spec.num_layers
+    # adapters whose gradients exist at the peak of a layer's MLP and attention backward
+    def adapters(names):
+        return sum(rank * (i + o) * n for comp, name, i, o, n in named_linears(spec)
+                   if name in chosen and comp != "experts" and name in names) * p // spec.num_layers
+
+    before_mlp = adapters({"down", "shared_gate", "shared_up", "shared_down"})
+    before_attention = adapters(set(TARGET_GROUPS["mlp"]) | {"o"})
     layers = {m: _frozen_layer(spec, sc, m, chosen, rank, float(lora_dropout)) for m in set(spec.moe_layers)}
     dequant = 0
     if base == "nf4":   # one projection dequantised to bf16 at a time, during forward and backward
@@ -147,6 +154,7 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
         weights=base_weights + trainable * p,
         optimizer=tensor_state_bytes(mats, 0, optimizer, state_bytes=p),
         grads_head=0, grads_per_layer={m: per_layer_adapters for m in layers}, grads_embedding=0, grads_tied=0,
+        grads_before_mlp={m: before_mlp for m in layers}, grads_before_attention={m: before_attention for m in layers},
         autocast_cache=2 * trainable if adapter_dtype == "fp32" else 0,
         cache_attn={m: (2 * trainable if adapter_dtype == "fp32" else 0) // spec.num_layers for m in layers},
         cache_mlp={m: 0 for m in layers}, cache_head=0,

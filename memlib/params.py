@@ -21,7 +21,8 @@ from .breakdown import Breakdown
 from .spec import ModelSpec, load_spec
 
 
-def _norm_params(spec: ModelSpec, width: int) -> int:
+def norm_params(spec: ModelSpec, width: int) -> int:
+    """Parameters of one norm over `width` values: `width` (RMSNorm), `2·width` (LayerNorm's bias too)."""
     return width * (2 if spec.norm == "layer" else 1)
 
 
@@ -91,7 +92,7 @@ def _count_params(spec: ModelSpec):
         "experts": n_moe * spec.num_experts * expert,
         "shared_experts": n_moe * (mlp_params(spec, spec.shared_intermediate_size)
                                    if spec.shared_intermediate_size else 0),
-        "norms": (L * spec.norms_per_layer + spec.final_norm) * _norm_params(spec, H),
+        "norms": (L * spec.norms_per_layer + spec.final_norm) * norm_params(spec, H),
         "lm_head": 0 if spec.tie_word_embeddings else V * spec.embed_dim,
     }
     comps = {k: v for k, v in comps.items() if v}
@@ -109,7 +110,7 @@ def layer_params(model, moe: bool = False) -> int:
     """Parameters of one decoder layer (chapter 01): attention + norms + its MLP, or for an
     MoE layer the router, the routed experts and the shared experts."""
     spec = load_spec(model)
-    n = attention_params(spec) + spec.norms_per_layer * _norm_params(spec, spec.hidden_size)
+    n = attention_params(spec) + spec.norms_per_layer * norm_params(spec, spec.hidden_size)
     if not moe:
         return n + mlp_params(spec, spec.intermediate_size)
     n += spec.num_experts * spec.hidden_size + spec.num_experts * mlp_params(spec, spec.moe_intermediate_size)

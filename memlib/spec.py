@@ -60,6 +60,7 @@ class ModelSpec:
     qk_norm: bool = False             # per-head RMSNorm on q and k (Qwen3)
     gated_mlp: bool = True            # SwiGLU/GeGLU: gate, up, down; else up, down
     parallel_attn: bool = False       # attention and MLP read the same input (Falcon, GPT-J)
+    pre_norm: bool = True             # each block's norm comes before it; False: OPT-350m's post-LN
     # mixture of experts
     num_experts: int = 0
     experts_per_token: int = 0
@@ -328,7 +329,7 @@ def _opt(r: ConfigReader) -> dict:
                 qkv_bias=bias, o_bias=bias, mlp_bias=bias, gated_mlp=False, layer_types=("full",) * L,
                 attention_dropout=r.probability("attention_dropout"),
                 hidden_dropout=r.probability("dropout", default=0.1),
-                block_style="opt", positions_per_sequence=True)
+                pre_norm=pre_ln, block_style="opt", positions_per_sequence=True)
 
 
 def _falcon(r: ConfigReader) -> dict:

@@ -45,7 +45,8 @@ from .activations import (causal_mask_bytes, is_quadratic, layer_tensors, model_
                           without_frozen)
 from .breakdown import Breakdown
 from .optimizers import optimizer_state_bytes
-from .params import count_params, layer_params, named_linears, param_sizes, total_params
+from .params import (attention_params, count_params, layer_params, mlp_params, named_linears, norm_params, param_sizes,
+                     total_params)
 from .scenario import DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS, PHASES, Scenario, attention_used, check_seq_len
 from .spec import ModelSpec, load_spec
 from .validation import choice, exact_sweeps, positive_int
@@ -201,7 +202,9 @@ class StepInputs:
     """Everything :func:`step_timeline` needs, in bytes (arrays allowed for activations).
 
     ``grads_per_layer`` maps a layer kind (MoE or not) to the gradient bytes one such
-    layer adds; ``layers`` maps it to the :class:`~memlib.activations.Saved` records one
+    layer adds, ``grads_before_mlp`` and ``grads_before_attention`` to those of them that
+    already exist at the peak of its MLP's and its attention's backward
+    (:func:`params_before_mlp`, :func:`params_before_attention`); ``layers`` maps it to the :class:`~memlib.activations.Saved` records one
     such layer keeps.  ``cache_attn``/``cache_mlp`` map a layer kind to the bf16 weight
     copies autocast makes in its attention and its MLP, ``cache_head`` those of lm_head
     (chapter 04 §mixed precision): the cache grows through the forward; leaving autocast
@@ -212,6 +215,8 @@ class StepInputs:
     optimizer: int
     grads_head: int
     grads_per_layer: dict
+    grads_before_mlp: dict
+    grads_before_attention: dict
     grads_embedding: int
     grads_tied: int
     autocast_cache: int           # the stage's whole cache at the end of the forward
@@ -360,8 +365,9 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
             # the copies of the layers done so far are freed; this one's MLP copies go
             # with the MLP's backward (recomputed layers cast their own again)
             c = cl[m] if recompute_casts else layers_cache - k * cl[m]
-            mark("backward", f"layer {i} mlp", g, c, ac, mlp_t, layer=i, part="mlp")
-            mark("backward", f"layer {i} attention", g, c - x.cache_mlp[m], ac, attn_t, layer=i, part="attention")
+            mark("backward", f"layer {i} mlp", g + x.grads_before_mlp[m] * new, c, ac, mlp_t, layer=i, part="mlp")
+            mark("backward", f"layer {i} attention", g + x.grads_before_attention[m] * new,
+                 c - x.cache_mlp[m], ac, attn_t, layer=i, part="attention")
         acts = acts - (b - a) * kept[m]
         grads = grads + (b - a) * gl[m] * new
         if not recompute_casts:
@@ -430,6 +436,41 @@ def _grads_by_part(spec: ModelSpec, param_bytes: int):
     return head, per_layer, embedding, tied_matrix * param_bytes
 
 
+def params_before_mlp(spec: ModelSpec, moe: bool) -> int:
+    """Parameters of one layer whose gradients already exist at the peak of its MLP's
+    backward, when the gradients of the MLP's inner activations are alive (chapter 04).
+
+    A dense MLP has by then its down projection's gradient (computed first) and those of
+    any norm after it (Gemma 2's post-feed-forward norm, a post-norm layer's second norm).
+    An MoE layer has its shared experts' (they run after the routed experts); the bench
+    finds none of the routed experts' there.
+    """
+    H = spec.hidden_size
+    if moe:
+        return mlp_params(spec, spec.shared_intermediate_size) if spec.shared_intermediate_size else 0
+    down = spec.intermediate_size * H + (H if spec.mlp_bias else 0)
+    norms_after = (spec.norms_per_layer == 4) + (not spec.pre_norm and not spec.parallel_attn)
+    return down + norms_after * norm_params(spec, H)
+
+
+def params_before_attention(spec: ModelSpec, moe: bool) -> int:
+    """Parameters of one layer whose gradients already exist when its backward reaches
+    the attention core (chapter 04).
+
+    Backward runs the layer's forward in reverse, so by then the whole MLP half has its
+    gradients (norms, router, experts, shared experts) and so has the attention's output
+    projection: ``layer − attention + o_proj − norms still ahead``.  The norms still ahead
+    are the input norm of a pre-norm layer (all norms of a parallel block, which feed both
+    branches; none in a post-norm layer).  A parallel block's MLP, created after its
+    attention, is also differentiated first.
+    """
+    H = spec.hidden_size
+    o_proj = spec.num_heads * (spec.v_head_dim if spec.is_mla else spec.head_dim) * H + (H if spec.o_bias else 0)
+    norms_ahead = spec.norms_per_layer if spec.parallel_attn else int(spec.pre_norm)
+    return (layer_params(spec, moe) - attention_params(spec) + o_proj
+            - norms_ahead * norm_params(spec, H))
+
+
 def _stage_params(spec: ModelSpec, st: Stage) -> int:
     """Parameters a stage holds: its layers, plus the embedding and/or head and final norm."""
     c = count_params(spec).components
@@ -480,6 +521,8 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     inputs = StepInputs(
         weights=weights, optimizer=opt,
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
+        grads_before_mlp={m: params_before_mlp(spec, m) * p for m in per_layer},
+        grads_before_attention={m: params_before_attention(spec, m) * p for m in per_layer},
         autocast_cache=cache, cache_attn=attn_c, cache_mlp=mlp_c, cache_head=head_c,
         step_extra=step_temporaries(optimizer, optimizer_impl, sizes, p),
         layers=layers, backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers},

@@ -213,3 +213,37 @@ def test_sgd_momentum_matches_bench():
     p = predict_like_bench(dict(model="Qwen3-0.6B", batch_size=1, seq_len=512, precision="mixed",
                                 optimizer="sgd", optimizer_impl="foreach"), "train")
     assert p.total == pytest.approx(m.total, rel=0.05) and p.peak_phase == m.peak_phase
+
+
+@pytest.mark.bench
+def test_gradients_at_the_backward_peak_by_hand():
+    """Backward runs a layer in reverse: when layer 0's eager attention peaks, its MLP, its
+    post-attention norm and its output projection already have gradients; q, k, v, the
+    input norm and the embedding do not yet (chapter 04)."""
+    measure = _measure()
+    B, S = 2, 512            # long enough for the attention's S x S backward to be the peak
+    m = measure.measure_train(TINY, B, S, recompute="full", attention="eager", optimizer_impl="loop")
+    H, V, q, kv = 256, 1000, 8 * 48, 2 * 48
+    total = memlib.total_params(TINY)
+    not_yet = V * H + H * (q + 2 * kv) + H          # embedding, q/k/v of layer 0, its input norm
+    assert m["gradients"] == 2 * (total - not_yet)
+    p = train_memory(TINY, B, S, recompute="full", attention="eager", optimizer_impl="loop", _bench_cpu=True)
+    assert p.peak_at == "layer 0 attention"
+    assert p["gradients"] == 2 * (total - not_yet)
+
+
+@pytest.mark.bench
+def test_gradients_at_the_mlp_backward_peak_by_hand():
+    """With SDPA the peak is inside layer 0's MLP backward, when the gradients of the gate
+    and up outputs are alive: the down projection has its gradient, gate and up do not, nor
+    does anything of the attention half or the embedding (chapter 04)."""
+    measure = _measure()
+    B, S = 4, 512
+    m = measure.measure_train(TINY, B, S, recompute="full", attention="sdpa", optimizer_impl="loop")
+    H, V, I, q, kv = 256, 1000, 640, 8 * 48, 2 * 48
+    total = memlib.total_params(TINY)
+    not_yet = V * H + (H * (q + 2 * kv) + q * H) + 2 * H + 2 * H * I   # embedding, attention, 2 norms, gate, up
+    assert m["gradients"] == 2 * (total - not_yet)
+    p = train_memory(TINY, B, S, recompute="full", attention="sdpa", optimizer_impl="loop", _bench_cpu=True)
+    assert p.peak_at == "layer 0 mlp"
+    assert p["gradients"] == 2 * (total - not_yet)
