@@ -178,7 +178,7 @@ def lora_fit(model, gpu="RTX 4090 24GB", batch_size: int = 1, seq_len: int = 204
              lora_dropout: float = 0.0, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL) -> Breakdown:
     """:func:`lora_memory` against one GPU's memory (chapter 04).
 
-    ``meta`` adds ``gpu``, ``gpu_memory`` (bytes the driver reports), ``fits``
+    ``meta`` adds ``gpu``, ``gpu_memory`` (the bytes a process can use: the runtime total, :func:`~memlib.hardware.gpu_bytes`), ``fits``
     (``peak <= gpu_memory``), ``margin`` (``gpu_memory - peak``, negative when short) and
     ``model``.  The CUDA context and the allocator's slack come on top (chapter 07).
     """

@@ -5,7 +5,6 @@ The tiny config (``conftest.tiny_llama``): vocab 128, hidden 64, 4 heads of 16, 
 chapter 03 (what each op saves for its backward), not from memlib.
 """
 import numpy as np
-import pytest
 
 import memlib
 from memlib.activations import Saved, activation_breakdown, display_block, is_quadratic, layer_tensors

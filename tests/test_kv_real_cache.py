@@ -8,7 +8,6 @@ import pytest
 
 pytestmark = pytest.mark.bench
 
-import memlib
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -5,9 +5,7 @@ The tiny config (``conftest.tiny_llama``): vocab 128, hidden 64, 4 heads of 16, 
 chapter 03 (what each op saves for its backward), not from memlib.
 """
 import numpy as np
-import pytest
 
-import memlib
 from memlib.training import train_memory
 from memlib.widgets.activations import (activation_explorer, describe_activations, logits_share,
                                         plot_activations_vs_seq_len, plot_layer_tensors, plot_logits_share,

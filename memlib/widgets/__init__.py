@@ -1,6 +1,6 @@
 """Explorers: thin ipywidgets wrappers over memlib's pure compute and plot functions.
 
-Every explorer follows three layers (DESIGN §3):
+Every explorer follows three layers (model and view apart, so the logic is testable without a UI):
 
 1. a pure compute function (in the chapter's module, e.g. :func:`memlib.kv_cache`);
 2. a plot function that draws a result on a matplotlib ``ax``;

@@ -1,6 +1,6 @@
 """Chapter 03 explorers: what a forward pass keeps, for training and for a prefill.
 
-Three layers (DESIGN §3):
+Three layers, as in every explorer (memlib.widgets):
 
 1. compute: :func:`memlib.activations.layer_tensors` (the tensors autograd saves, as
    records), :func:`memlib.activations.activation_breakdown` (what a step keeps, by block),
@@ -296,7 +296,7 @@ def plot_recompute(model, ax, batch_size: int = 1, seq_len: int = 4096, precisio
 
 def plot_prediction_errors(measured, predicted, ax, groups=None, unit: str = "GiB", title: str = ""):
     """Relative error ``(predicted - measured) / measured`` in percent against the measured
-    bytes (log x), one marker per group, with the median and max |error| in the title.
+    bytes (log x), one marker per group, with the median and largest absolute error in the title.
     Returns ``ax``."""
     from ..plotting import color_for
     meas = np.asarray(measured, dtype=float)

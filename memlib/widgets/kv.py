@@ -1,6 +1,6 @@
 """Chapter 02 explorers: the KV cache against context, weights and a GPU's memory.
 
-Three layers (DESIGN §3):
+Three layers, as in every explorer (memlib.widgets):
 
 1. compute: :func:`memlib.kv_cache`, :func:`memlib.max_concurrency` and the vectorised
    :func:`memlib.kv_cache.max_requests` / :func:`memlib.kv_cache.kv_crossover_tokens`;

@@ -1,6 +1,6 @@
 """Chapter 08 figures and explorer: the course's accuracy, and one bench point against memlib.
 
-Three layers (DESIGN §3):
+Three layers, as in every explorer (memlib.widgets):
 
 1. compute: :mod:`memlib.measure.accuracy` (rows of every comparison, their summary and
    targets; :func:`~memlib.measure.accuracy.point_comparison` for one bench point);

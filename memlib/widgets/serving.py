@@ -1,6 +1,6 @@
 """Chapter 07 explorers and figures: vLLM's per-GPU budget, which GPUs fit, and the logs.
 
-Three layers (DESIGN §3):
+Three layers, as in every explorer (memlib.widgets):
 
 1. compute: :func:`memlib.vllm.vllm_budget`, :func:`memlib.vllm.which_gpus` and
    :func:`memlib.measure.vllm_logs.predict_vllm_log`;

@@ -1,6 +1,6 @@
 """Chapter 04 explorers: training state, the step timeline, and LoRA / QLoRA on one GPU.
 
-Three layers (DESIGN §3):
+Three layers, as in every explorer (memlib.widgets):
 
 1. compute: :func:`memlib.training.train_memory` (its ``meta["marks"]`` are the step
    timeline), :func:`memlib.training.state_bytes`, :func:`memlib.lora.lora_fit` and

@@ -1,6 +1,6 @@
 """Chapter 01 explorers: weight bytes by dtype, and quantisation formats with their overheads.
 
-Three layers (DESIGN §3):
+Three layers, as in every explorer (memlib.widgets):
 
 1. compute: :func:`memlib.weight_memory`, :func:`memlib.count_params` and
    :func:`memlib.weights.quantization_split`;
