@@ -439,12 +439,18 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2) -> d
     last layer (where the cache is complete) transformers holds the embedding output
     (``inputs_embeds``), the layer's input, its residual and the norm output, plus:
 
-    * in the MLP: ``act(gate)``, ``up`` and their product, ``3·T·I`` values (GPT-2's tanh
+    * in the MLP: ``act(gate)``, ``up`` and their product, ``3·T·I`` values (a fused
+      ``gate_up`` output, Phi-3's, stays alive as well: ``4·T·I``; GPT-2's tanh
       GELU keeps 4 intermediate ``T·I`` tensors, OPT's ReLU and Falcon's GELU 2);
+    * with SDPA and a sliding window no longer than the sequence: the window's
+      ``(1, 1, S, S)`` boolean mask, for the whole forward;
     * in an MoE block, when the experts' outputs are combined: the gathered tokens, the
       experts' outputs, their weighted copy and the scattered result, ``4·T·k·H``;
-    * in eager attention: the masked scores (bf16), their fp32 copy and the fp32 softmax,
-      ``10·B·n_heads·S²`` bytes, plus the causal mask.  GPT-2 and Falcon keep the softmax
+    * in eager attention: the query states, the masked scores (bf16), their fp32 copy and
+      the fp32 softmax, ``10·B·n_heads·S²`` bytes, plus the causal mask (Phi-3 also holds
+      its fused q/k/v output, whose views q, k and v are; DeepSeek's MLA the projected
+      query, its rotated part, the concatenated query states, the latents, ``kv_b``'s
+      output and the assembled keys).  GPT-2 and Falcon keep the softmax
       in bf16: GPT-2 holds the scaled scores, the masked scores and the softmax (6);
       Falcon, whose K/V head is broadcast to every query head, 8.
 
@@ -456,6 +462,8 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2) -> d
     hidden = a * T * H
     rope_hd = spec.qk_rope_head_dim if spec.is_mla else hd
     always = hidden + (hidden if spec.num_layers > 1 else 0) + 8 * S   # inputs_embeds, layer input, positions
+    if attention_used(spec, sc.attention) == "sdpa" and spec.sliding_window and spec.num_sliding_layers:
+        always = always + S * S * (S >= spec.sliding_window)   # the window's (1, 1, S, S) boolean mask
     if spec.learned_positions:          # GPT-2 keeps a (1, S, H) position output, OPT a (B, S, H) one
         always = always + a * (T if spec.positions_per_sequence else S) * H
     else:
@@ -463,8 +471,8 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2) -> d
     out = {}
     if spec.parallel_attn:               # parallel attention: its output waits for the MLP
         out["mlp"] = always + 2 * hidden + 2 * a * T * I
-    elif spec.gated_mlp:
-        out["mlp"] = always + 2 * hidden + 3 * a * T * I
+    elif spec.gated_mlp:      # a fused gate_up output stays alive while its halves are views
+        out["mlp"] = always + 2 * hidden + (4 if spec.fused_gate_up else 3) * a * T * I
     else:
         out["mlp"] = always + 2 * hidden + _PREFILL_MLP[spec.block_style] * a * T * I
     if spec.is_moe and spec.moe_layers[-1]:
@@ -475,7 +483,14 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2) -> d
         scores = _EAGER_PREFILL_SCORES[spec.block_style] * B * nh * S * S
         mask = a * B * S * S
         repeated = 2 * a * T * nh * hd if spec.num_kv_heads != nh else 0
-        out["attention"] = always + hidden + mask + scores + a * T * nh * hd + repeated
+        q_dim = nh * hd
+        held = q_dim                       # the query states
+        if spec.qkv_views:                 # q, k and v are views: the fused output stays alive
+            held = 2 * q_dim + 2 * spec.num_kv_heads * hd
+        if spec.is_mla:                    # q, its rotated part, the query states, the latents,
+            rope, kv_b = spec.qk_rope_head_dim, nh * (spec.qk_nope_head_dim + spec.v_head_dim)
+            held = 3 * q_dim + nh * rope + spec.kv_lora_rank + rope + kv_b   # kv_b's output, the keys
+        out["attention"] = always + hidden + mask + scores + a * T * held + repeated
     return out
 
 

@@ -99,16 +99,16 @@ def test_residuals_in_the_unit_of_their_cause():
     g = row("prefill", -mask / 2e9, model="gemma-2-9b", measured=2_000_000_000, batch_size=1, seq_len=2048,
             attention="sdpa")
     g["predicted"] = g["measured"] - mask
-    # Llama-3.1-8B, bf16: one layer's gate, up, down (3 x 4096 x 14336) and o_proj (4096 x 4096), 2 bytes each
-    layer = 2 * (3 * 4096 * 14336 + 4096 * 4096)
-    t = row("train", -layer / 50e9, model="Llama-3.1-8B", measured=50_000_000_000, batch_size=1, seq_len=2048,
-            attention="eager", recompute="full", precision="bf16")
-    t["predicted"] = t["measured"] - layer
+    # Qwen3-30B-A3B, b=4, s=8192: two hidden-size bf16 tensors = 2 * (4 * 8192 * 2048 * 2) bytes
+    hidden2 = 2 * (4 * 8192 * 2048 * 2)
+    t = row("train", -hidden2 / 250e9, model="Qwen3-30B-A3B", measured=250_000_000_000, batch_size=4,
+            seq_len=8192, attention="sdpa", recompute="full", precision="bf16")
+    t["predicted"] = t["measured"] - hidden2
     small = row("train", -1e-5, model="Llama-3.1-8B", attention="sdpa", recompute="none")
     table = A.residual_table([g, t, small])
     assert [x["kind"] for x in table] == ["prefill", "train"]                 # below 0.1 %: not listed
     assert table[0]["in_units"] == "exactly 1x" and "mask" in table[0]["cause"]
-    assert table[1]["in_units"] == "exactly 1x" and table[1]["residual_min"] == layer
+    assert table[1]["in_units"] == "exactly 2x" and table[1]["residual_min"] == hidden2
     ex = A.exclusion_table([{**g, "error": None, "excluded": "CPU math"}, {**t, "error": None, "excluded": "CPU math"}])
     assert ex == [{"kind": "prefill", "reason": "CPU math", "points": 1, "models": ["gemma-2-9b"]},
                   {"kind": "train", "reason": "CPU math", "points": 1, "models": ["Llama-3.1-8B"]}]

@@ -113,3 +113,23 @@ def test_records_say_what_each_rule_needs():
     opt = layer_tensors(memlib.load_spec("opt-13b"), Scenario(1, 512, attention="eager"))
     assert opt["attn.dropout_mask"].axes == ("T", "H") and not is_quadratic(opt["attn.dropout_mask"])
     assert isinstance(opt["attn.dropout_mask"], Saved)
+
+
+def test_prefill_peaks_of_phi3_and_deepseek_by_hand():
+    """Prefill candidates where a family holds more than the Llama pattern (chapter 03
+    §inference); the bench measures these to the byte (data/bench/prefill.jsonl)."""
+    from memlib.activations import prefill_transients
+    from memlib.spec import load_spec
+    # Phi-3-mini, b=4, s=2048, SDPA: H 3072, I 8192, head 96, window 2047 <= 2048
+    B, S, T, H, I = 4, 2048, 4 * 2048, 3072, 8192
+    always = 2 * T * H + 2 * T * H + 8 * S + 2 * 2 * S * 96 + S * S    # ..., RoPE, the (1,1,S,S) bool mask
+    mlp = always + 2 * (2 * T * H) + 4 * 2 * T * I                      # fused gate_up (2I) + act + product
+    got = prefill_transients(load_spec("Phi-3-mini-4k-instruct"), Scenario(B, S, attention="sdpa"))
+    assert got == {"mlp": mlp}
+    # DeepSeek-V2-Lite, b=1, s=2048, eager: 16 heads, q 192 (128 + 64 rotary), v 128, latent 512
+    B, S, T, H, nh = 1, 2048, 2048, 2048, 16
+    always = 2 * T * H + 2 * T * H + 8 * S + 2 * 2 * S * 64
+    held = 3 * nh * 192 + nh * 64 + 512 + 64 + nh * (128 + 128)   # q, q_pe, query states, latents, kv_b, keys
+    attention = always + 2 * T * H + 2 * B * S * S + 10 * B * nh * S * S + 2 * T * held
+    got = prefill_transients(load_spec("DeepSeek-V2-Lite"), Scenario(B, S, attention="eager"))
+    assert got["attention"] == attention

@@ -338,19 +338,6 @@ def _square_bf16(p):       # one (b, 1, s, s) bf16 mask
     return 2 * p["batch_size"] * p["seq_len"] ** 2
 
 
-def _square_bytes(p):      # one (1, 1, s, s) one-byte mask, shared by the batch
-    return p["seq_len"] ** 2
-
-
-def _layer_grads(p):       # one decoder layer's MLP (or experts) and output-projection weights
-    from ..params import named_linears
-    s = _spec(p["model"])
-    pb = 4 if p.get("precision") == "mixed" else 2
-    n = sum(i * o * count for block, name, i, o, count in named_linears(s)
-            if (block == "attention" and name == "o") or block in ("mlp", "experts", "shared_experts"))
-    return pb * n // s.num_layers
-
-
 #: Known residuals: ``(kind, model or None for any, test(point), unit(point) -> bytes, unit name,
 #: cause)``.  :func:`residual_table` expresses each residual in its unit; a residual that is the
 #: same whole multiple of the unit at every point of its group is an exact match.
@@ -358,28 +345,19 @@ RESIDUAL_CAUSES = (
     ("prefill", "gemma-2-9b", lambda p: True, _square_bf16, "(b,1,s,s) bf16 masks",
      "Gemma 2 alternates full and sliding layers and transformers builds a mask for each kind; "
      "memlib counts one"),
-    ("prefill", "Mistral-7B-v0.1", lambda p: True, _square_bytes, "(1,1,s,s) bool masks",
-     "past the sliding window: one byte per (query, key) pair, the same at batch 1 and 4: a boolean "
-     "mask shared by the batch (from the size; not traced)"),
     ("prefill", "gpt2", lambda p: True, _hidden, "hidden-size tensors",
      "one more hidden-size tensor alive at the peak than in the Llama code path memlib follows "
      "(from the size; not traced)"),
-    ("prefill", "Phi-3-mini-4k-instruct", lambda p: True, _hidden, "hidden-size tensors",
-     "a few more hidden-size tensors alive at the peak than in the Llama code path (from the size; "
-     "not traced)"),
     ("prefill", "opt-13b", lambda p: True, _hidden, "hidden-size tensors",
      "one hidden-size tensor fewer alive at the peak than memlib counts (from the size; not traced)"),
     ("prefill", "falcon-7b-instruct", lambda p: True, _hidden, "hidden-size tensors",
      "eager: about one hidden-size tensor fewer alive at the peak than memlib counts (from the size; "
      "not traced)"),
-    ("prefill", "DeepSeek-V2-Lite", lambda p: True, _hidden, "hidden-size tensors",
-     "MLA with eager attention: more hidden-size tensors alive at the peak than modelled; not traced"),
     ("prefill", "Qwen3-30B-A3B", lambda p: True, _hidden, "hidden-size tensors",
      "MoE routing tensors; not traced"),
-    ("train", None, lambda p: True, _layer_grads, "one layer's MLP + o_proj gradients",
-     "the peak falls inside one layer's backward, where that layer's MLP and output-projection "
-     "gradients already exist; memlib adds a layer's gradients only after its whole backward (traced "
-     "on a tiny Llama with eager attention; other multiples: another moment of the layer, not traced)"),
+    ("train", "Qwen3-30B-A3B", lambda p: True, _hidden, "hidden-size tensors",
+     "the routed experts' backward holds more token-by-expert tensors than memlib counts (SDPA, full "
+     "recompute, 32K tokens: the only point where that moment is the peak; not traced)"),
 )
 
 
