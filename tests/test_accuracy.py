@@ -111,7 +111,7 @@ def test_residuals_in_the_unit_of_their_cause():
     assert table[1]["in_units"] == "exactly 2x" and table[1]["residual_min"] == hidden2
     ex = A.exclusion_table([{**g, "error": None, "excluded": "CPU math"}, {**t, "error": None, "excluded": "CPU math"}])
     assert ex == [{"kind": "prefill", "reason": "CPU math", "points": 1, "models": ["gemma-2-9b"]},
-                  {"kind": "train", "reason": "CPU math", "points": 1, "models": ["Llama-3.1-8B"]}]
+                  {"kind": "train", "reason": "CPU math", "points": 1, "models": ["Qwen3-30B-A3B"]}]
 
 
 @pytest.mark.parametrize("kind", ["prefill", "train"])
