@@ -23,6 +23,7 @@ _EXPLORERS = {
     "training_explorer": "memlib.widgets.training",
     "lora_explorer": "memlib.widgets.training",
     "which_gpu_explorer": "memlib.widgets.serving",
+    "rl_explorer": "memlib.widgets.rl",
     "Explorer": "memlib.widgets.base",
 }
 
