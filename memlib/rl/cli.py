@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from ..breakdown import Breakdown
 from ..cli import _float, _int
 from ..units import GiB
 
@@ -38,7 +39,8 @@ def payload(args, r) -> dict:
 
 def text(r) -> str:
     """A table of the peak's components, then the phases and the roles, in GiB."""
-    lines = [r.table(), "", "by role (GiB) at each phase's peak:"]
+    at_peak = Breakdown(r.components, title=r.title, kinds=r.kinds)       # the peak's components, phases below
+    lines = [at_peak.table(), "", "by role (GiB) at each phase's peak:"]
     phases = list(r.phases)
     head = f"{'role':<12}" + "".join(f"{p:>16}" for p in phases)
     lines += [head, "-" * len(head)]

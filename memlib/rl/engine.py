@@ -41,7 +41,8 @@ COLOCATE_BATCHED_TOKENS = 4096
 
 def colocated_engine(spec: ModelSpec, sequences: int, seq_len: int, gpu="H100-80GB",
                      gpu_memory_utilization: float = 0.3, weights: str = "own", sleep: str = "none",
-                     vllm_version=None, max_num_batched_tokens: int = COLOCATE_BATCHED_TOKENS) -> dict:
+                     vllm_version=None, max_num_batched_tokens: int = COLOCATE_BATCHED_TOKENS,
+                     tp: int = 1) -> dict:
     """A colocated vLLM engine's bytes on the GPU, while generating and between generations (chapter 06).
 
     Returns ``{"generate": {part: bytes}, "idle": {part: bytes}, "budget": Breakdown,
@@ -50,13 +51,16 @@ def colocated_engine(spec: ModelSpec, sequences: int, seq_len: int, gpu="H100-80
     plus the CUDA graphs; idle it holds what ``sleep`` keeps (module docstring).
     ``kv_needed`` is what the rollout's ``sequences × seq_len`` tokens take in whole blocks;
     when the pool is smaller, vLLM runs fewer sequences at once (slower, not larger).
+    ``tp``: the engine's tensor-parallel size (TRL's ``vllm_tensor_parallel_size``), every
+    number per GPU (chapter 07's sharding); the rollout's sequences are then shared by the
+    ``tp`` GPUs' common pool, so each GPU needs ``1/tp`` of their cache.
     """
     from ..serving import kv_bytes_per_request
     from ..vllm import DEFAULT_VERSION, vllm_budget
     choice("sleep", sleep, SLEEP_MODES)
     choice("engine_weights", weights, ENGINE_WEIGHTS)
     util = fraction("gpu_memory_utilization", gpu_memory_utilization)
-    b = vllm_budget(spec, gpu, gpu_memory_utilization=util, max_model_len=seq_len, max_num_seqs=sequences,
+    b = vllm_budget(spec, gpu, tp=tp, gpu_memory_utilization=util, max_model_len=seq_len, max_num_seqs=sequences,
                     max_num_batched_tokens=max_num_batched_tokens, vllm_version=vllm_version or DEFAULT_VERSION,
                     weights=0 if weights == "shared" else None)
     if b.meta["available_kv_bytes"] <= 0:
@@ -68,6 +72,6 @@ def colocated_engine(spec: ModelSpec, sequences: int, seq_len: int, gpu="H100-80
                 "non_torch": b["non_torch"], "cuda_graphs": graphs}
     idle = {"weights": b["weights"] if sleep != "all" else 0, "kv_cache": b["kv_cache"] if sleep == "none" else 0,
             "non_torch": b["non_torch"], "cuda_graphs": graphs}
-    need = sequences * kv_bytes_per_request(spec, seq_len, kv_dtype="bf16")
+    need = -(-sequences * kv_bytes_per_request(spec, seq_len, tp, kv_dtype="bf16") // tp)
     return {"generate": generate, "idle": idle, "budget": b, "kv_needed": need,
             "fits_rollout": bool(need <= b["kv_cache"])}

@@ -48,7 +48,8 @@ def hf_rollout(spec: ModelSpec, sequences: int, prompt_len: int, new_tokens: int
     Returns ``[(label, {part: bytes})]`` with parts ``kv_cache``, ``autocast_cache``,
     ``activations`` and ``logits``:
 
-    * ``prefill``: ``kv(P)`` + the prefill's largest transient (chapter 03);
+    * ``prefill``: ``kv(P)`` + the prefill's largest transient (chapter 03) [+ every autocast
+      copy]; then its sampling, ``kv(P) + 8·B·V``;
     * ``decode: last layer``: ``kv(S − 1)`` + one layer's ``K`` at ``S − 2`` positions
       (the ``torch.cat`` of the last step) [+ every layer's autocast copy];
     * ``decode: lm_head`` (mixed only): ``kv(S − 1)`` + every autocast copy + the step's
@@ -64,8 +65,8 @@ def hf_rollout(spec: ModelSpec, sequences: int, prompt_len: int, new_tokens: int
     prefill_sc = Scenario(B, P, "bf16", attention)
     prefill = max(prefill_transients(spec, prefill_sc, 2, 4 if mixed else 2).values())
     kv_prompt = kv_cache(spec, P, B, kv_dtype, runtime="transformers").total
-    out = [("prefill", {"kv_cache": kv_prompt, "autocast_cache": cache_all, "activations": prefill,
-                        "logits": 8 * B * V})]
+    out = [("prefill", {"kv_cache": kv_prompt, "autocast_cache": cache_all, "activations": prefill}),
+           ("prefill: sampling", {"kv_cache": kv_prompt, "logits": 8 * B * V})]
     if new_tokens < 2:            # no decode step: the prefill's sampling is the last moment
         return out
     kv_end = kv_cache(spec, S - 1, B, kv_dtype, runtime="transformers").total

@@ -55,7 +55,8 @@ def rl_memory(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 1
               critic_shares_base: bool = False, logprob: str = "full", logits_to_keep=None, prompt_len=None,
               optimizer: str = "adamw", optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL, recompute: str = "none",
               attention: str = "sdpa", rollout: str = "hf", gpu="H100-80GB", gpu_memory_utilization: float = 0.3,
-              engine_weights: str = "own", sleep: str = "none", vllm_version=None, _bench_cpu: bool = False):
+              engine_weights: str = "own", sleep: str = "none", vllm_version=None, engine_tp: int = 1,
+              _bench_cpu: bool = False):
     """Peak GPU memory of one RL iteration, by phase and by role (chapter 06).
 
     ``recipe``: sft, dpo, grpo, rloo, ppo or online_dpo (:mod:`memlib.rl.recipes`);
@@ -73,7 +74,8 @@ def rl_memory(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 1
     ``"selective"``; ``logits_to_keep`` K: positions scored (default S).  ``prompt_len``
     (default S/4).  ``rollout``: ``"hf"`` (the policy generates, transformers),
     ``"vllm"`` (a colocated engine: ``gpu``, ``gpu_memory_utilization``,
-    ``engine_weights`` own|shared, ``sleep`` none|kv|all, ``vllm_version``) or
+    ``engine_weights`` own|shared, ``sleep`` none|kv|all, ``vllm_version``, ``engine_tp``: the
+    engine's tensor-parallel size, its numbers per GPU) or
     ``"separate"`` (other GPUs).  ``precision``, ``optimizer``, ``optimizer_impl``,
     ``recompute`` and ``attention`` are the training step's (chapter 04).
 
@@ -191,7 +193,8 @@ def rl_memory(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 1
             generate = [(label, {"rollout": parts})
                         for label, parts in hf_rollout(spec, B, P, S - P, gen_precision, attention)]
         elif rollout == "vllm":
-            engine = colocated_engine(spec, B, S, gpu, gpu_memory_utilization, engine_weights, sleep, vllm_version)
+            engine = colocated_engine(spec, B, S, gpu, gpu_memory_utilization, engine_weights, sleep, vllm_version,
+                                      tp=positive_int("engine_tp", engine_tp))
             generate = [("vLLM engine generating", {"rollout": engine["generate"]})]
         else:
             generate = [("waiting for the rollout GPUs", {})]
@@ -227,7 +230,8 @@ def rl_memory(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 1
         meta.update(engine=engine["budget"].meta | {"components": dict(engine["budget"].components)},
                     kv_cache=engine["generate"]["kv_cache"], kv_needed=engine["kv_needed"],
                     fits_rollout=engine["fits_rollout"], sleep=sleep, engine_weights=engine_weights,
-                    gpu=engine["budget"].meta["gpu"], gpu_memory_utilization=gpu_memory_utilization)
+                    gpu=engine["budget"].meta["gpu"], gpu_memory_utilization=gpu_memory_utilization,
+                    engine_tp=engine_tp)
     title = (f"{spec.name} {rec.name}, b={b}" + (f" G={G}" if rec.groups else "") + f" s={S} {precision}"
              + (f" LoRA r={lora_rank}" if lora else "") + (f", beta={beta:g}" if rec.name != "sft" else ""))
     return summarize(moments, order, title, meta)

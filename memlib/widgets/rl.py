@@ -58,7 +58,8 @@ def explore_rl(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 
 def describe_rl(r: Breakdown) -> str:
     """The peak's components, each role at each phase's peak, and whether it fits the GPU."""
     m = r.meta
-    lines = [r.table(), "", "by role (GiB) at each phase's peak:"]
+    at_peak = Breakdown(r.components, title=r.title, kinds=r.kinds)
+    lines = [at_peak.table(), "", "by role (GiB) at each phase's peak:"]
     head = f"{'role':<11}" + "".join(f"{p:>16}" for p in r.phases)
     lines += [head, "-" * len(head)]
     for c in r.children:
@@ -80,12 +81,15 @@ def describe_rl(r: Breakdown) -> str:
 
 
 # -- plot functions --------------------------------------------------------------------------
+_LABEL_BOX = {"facecolor": "white", "edgecolor": "none", "pad": 0.6, "alpha": 0.85}
+
+
 def _gpu_line(ax, gpu_memory, gpu_name, unit, top):
     """The GPU's memory as a dashed line, named in the legend; returns the y the axis must reach."""
     if not gpu_memory:
         return top
     g = gpu_memory / UNITS[unit]
-    ax.axhline(g, color="k", ls="--", lw=1, label=f"one {gpu_name or 'GPU'}: {g:,.1f} {unit}")
+    ax.axhline(g, color="k", ls="--", lw=1, zorder=1, label=f"one {gpu_name or 'GPU'}: {g:,.1f} {unit}")
     return max(top, g)
 
 
@@ -105,7 +109,7 @@ def plot_phases(r: Breakdown, ax, gpu_memory: int | None = None, gpu_name: str |
             ax.bar(xs, vals, bottom=bottom, width=0.65, color=ROLE_COLORS[c.label], label=c.label)
             bottom = [a + b for a, b in zip(bottom, vals)]
     for x, ph, top in zip(xs, phases, bottom):
-        ax.text(x, top, f"{top:,.1f}", ha="center", va="bottom", fontsize=8,
+        ax.text(x, top, f"{top:,.1f}", ha="center", va="bottom", fontsize=8, bbox=_LABEL_BOX,
                 fontweight="bold" if ph == r.peak_phase else "normal")
     top = _gpu_line(ax, gpu_memory, gpu_name, unit, max(bottom))
     ax.set_ylim(0, top * 1.15)
@@ -137,7 +141,7 @@ def plot_recipes(results: dict, ax, gpu_memory: int | None = None, gpu_name: str
             bottom = [a + b for a, b in zip(bottom, vals)]
     for x, lab, top in zip(xs, labels, bottom):
         ph = results[lab].peak_phase.replace("train.", "")
-        ax.text(x, top, f"{top:,.0f}\n({ph})", ha="center", va="bottom", fontsize=7)
+        ax.text(x, top, f"{top:,.0f}\n({ph})", ha="center", va="bottom", fontsize=7, bbox=_LABEL_BOX)
     top = _gpu_line(ax, gpu_memory, gpu_name, unit, max(bottom))
     ax.set_ylim(0, top * 1.2)
     ax.set_xticks(list(xs))
