@@ -66,3 +66,14 @@ def test_plot_functions_draw():
     plot_recipes(results, b, gpu_memory=memlib.get_gpu("H100-80GB").usable_bytes, gpu_name="H100-80GB")
     assert [t.get_text() for t in b.get_xticklabels()] == ["SFT", "PPO"]
     plt.close(fig)
+
+
+def test_every_failure_shows_one_line_and_nothing_stale():
+    ex = rl_explorer()                                  # never displayed
+    good = dict(ex.values)
+    for bad in (dict(batch_size=0), dict(seq_len=0), dict(group_size=-1), dict(beta=-0.5),
+                dict(gpu_memory_utilization=1.5), dict(model="gpt2", seq_len=4096)):
+        assert ex.set(**bad) is None, bad
+        assert ex.result is None and ex.error and "\n" not in ex.error, (bad, ex.error)
+        assert ex.image.layout.display == "none" and ex.text.value == "" and "⚠" in ex.message.value
+        assert ex.set(**good) is not None and ex.error is None

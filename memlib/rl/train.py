@@ -56,6 +56,7 @@ class StepPart:
         raise KeyError(f"{self.role}: no moment {phase}/{label}")
 
     def phase(self, phase: str) -> list:
+        """The moments of ``phase``, in order."""
         return [m for m in self.moments if m[0] == phase]
 
     @property
@@ -226,6 +227,8 @@ def critic_step(role: Role, sequences: int, seq_len: int, *, optimizer: str = "a
     vspec = value_spec(spec)
     marks, _ = step_timeline(vspec, sc, inputs, recompute)
     first, outside = _unsaved(vspec, sc, inputs, recompute, chosen)
+    if role.lora_rank:             # the final norm's weight is frozen: its normalised tensor is not kept
+        outside += getattr(model_tensors(vspec, sc).get("final_norm.normalised"), "nbytes", 0)
     head = final_norm_moments(vspec, sc)
     moments = []
     for mk, p in _adjusted(marks, adapters, first, outside):
