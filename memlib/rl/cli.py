@@ -15,7 +15,7 @@ from ..units import GiB
 
 
 def payload(args, r) -> dict:
-    """The JSON contract of ``rl`` (module docstring) from a :func:`memlib.rl.rl_memory` result."""
+    """The JSON contract of ``rl`` (module docstring) from a :func:`memlib.rl.rl_memory` result (chapter 06)."""
     m = r.meta
     roles = {}
     for c in r.children:
@@ -38,7 +38,7 @@ def payload(args, r) -> dict:
 
 
 def text(r) -> str:
-    """A table of the peak's components, then the phases and the roles, in GiB."""
+    """A table of the peak's components, then each role at each phase's peak, in GiB (chapter 06)."""
     at_peak = Breakdown(r.components, title=r.title, kinds=r.kinds)       # the peak's components, phases below
     lines = [at_peak.table(), "", "by role (GiB) at each phase's peak:"]
     phases = list(r.phases)
@@ -52,7 +52,7 @@ def text(r) -> str:
 
 
 def run_rl(args) -> int:
-    """``rl``: :func:`memlib.rl.rl_memory` as a table or JSON."""
+    """``rl``: :func:`memlib.rl.rl_memory` as a table or JSON (chapter 06)."""
     from . import rl_memory
     if args.colocate and args.separate:
         raise ValueError("rollout: --colocate and --separate exclude each other")

@@ -25,12 +25,12 @@ PART_KINDS = {"weights": "model_state", "adapters": "model_state", "optimizer": 
 
 
 def moment_total(moment) -> int:
-    """Bytes live at one moment: ``Σ roles Σ parts``."""
+    """Bytes live at one moment: ``Σ roles Σ parts`` (chapter 06)."""
     return sum(sum(parts.values()) for parts in moment[2].values())
 
 
 def phase_peaks(moments) -> dict:
-    """``{phase: index of its largest moment}`` (the first on ties), in :data:`PHASES` order."""
+    """``{phase: index of its largest moment}`` (the first on ties), in :data:`PHASES` order (chapter 06)."""
     best: dict = {}
     for i, m in enumerate(moments):
         j = best.get(m[0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..breakdown import Breakdown
 from ..hardware import get_gpu, gpu_names
-from ..rl import PHASES, RECIPES, ROLES, rl_memory
+from ..rl import RECIPES, ROLES, rl_memory
 from ..rl.engine import SLEEP_MODES
 from ..rl.recipes import get_recipe
 from ..scenario import RECOMPUTE
@@ -56,7 +56,7 @@ def explore_rl(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 
 
 
 def describe_rl(r: Breakdown) -> str:
-    """The peak's components, each role at each phase's peak, and whether it fits the GPU."""
+    """The peak's components, each role at each phase's peak, and whether it fits the GPU (chapter 06)."""
     m = r.meta
     at_peak = Breakdown(r.components, title=r.title, kinds=r.kinds)
     lines = [at_peak.table(), "", "by role (GiB) at each phase's peak:"]
@@ -95,7 +95,7 @@ def _gpu_line(ax, gpu_memory, gpu_name, unit, top):
 
 def plot_phases(r: Breakdown, ax, gpu_memory: int | None = None, gpu_name: str | None = None,
                 unit: str = "GiB", legend: bool = True):
-    """The iteration as a timeline of one GPU's memory: one bar per phase at that phase's
+    """The iteration as a timeline of one GPU's memory (chapter 06): one bar per phase at that phase's
     peak, stacked by role; the peak phase's total in bold; the GPU's memory as a dashed
     line (``gpu_memory`` defaults to ``r.meta["gpu_memory"]``).  Returns ``ax``."""
     gpu_memory = gpu_memory if gpu_memory is not None else r.meta.get("gpu_memory")
@@ -124,7 +124,7 @@ def plot_phases(r: Breakdown, ax, gpu_memory: int | None = None, gpu_name: str |
 
 def plot_recipes(results: dict, ax, gpu_memory: int | None = None, gpu_name: str | None = None,
                  unit: str = "GiB", legend: bool = True):
-    """One bar per recipe (``results``: ``{label: rl_memory result}``) at its peak, stacked by
+    """One bar per recipe (chapter 06; ``results``: ``{label: rl_memory result}``) at its peak, stacked by
     role, with the phase where it peaks under the total; the GPU's memory as a dashed
     line.  Returns ``ax``."""
     labels = list(results)
