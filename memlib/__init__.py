@@ -30,6 +30,7 @@ from .lora import lora_fit, lora_memory, lora_params
 from .serving import (draft_model_cost, kv_bytes_per_request, lora_slot_bytes, max_concurrency, preemption_cost,
                       prefix_cache_kv, serving_breakdown, weights_per_gpu)
 from .vllm import gpus_needed, vllm_budget
+from .rl import rl_memory, rollout_memory
 from .hardware import GPU_TABLE, GPUS, get_gpu, gpu_bytes
 
 __version__ = "0.1.0"
@@ -57,5 +58,6 @@ __all__ = ["Breakdown", "combine", "KINDS", "Scenario", "Stage", *_spec.__all__,
            "bits_per_param", "kv_cache", "kv_bytes", "kv_summary", "bytes_per_token", "max_concurrency",
            "serving_breakdown", "inference_memory", "train_memory", "state_bytes", "lora_memory", "lora_fit",
            "lora_params", "weights_per_gpu", "kv_bytes_per_request", "prefix_cache_kv", "preemption_cost",
-           "draft_model_cost", "lora_slot_bytes", "vllm_budget", "gpus_needed", "GPUS", "GPU_TABLE", "get_gpu",
+           "draft_model_cost", "lora_slot_bytes", "vllm_budget", "gpus_needed", "rl_memory", "rollout_memory",
+           "GPUS", "GPU_TABLE", "get_gpu",
            "gpu_bytes", "fmt_bytes", "GiB", "GB", *_LAZY]

@@ -274,17 +274,19 @@ def _gpt2_layer(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
     """GPT-2: LayerNorms, fused qkv with biases, dropout everywhere, tanh-GELU MLP."""
     layer = _Layer()
     T, H, I = sc.tokens, spec.hidden_size, spec.intermediate_size
-    _layernorm(layer, "ln_1", sc, H, T, consumers=1)
+    _layernorm(layer, "ln_1", sc, H, T, consumers=1, readers=("qkv",))
     for name in ("attn.q", "attn.k", "attn.v"):              # heads split, made contiguous
         layer.put(name, 2 * T * H, "attention", ("T", "q"))
     if attention_used(spec, sc.attention) == "sdpa":
         layer.put("attn.logsumexp", 4 * sc.batch_size * spec.num_heads * sc.seq_len, "attention", ("B", "nh", "S"))
     else:
         _scores(layer, spec, sc, softmax_bytes=4 if sc.mixed else 2, copy_bytes=2 if sc.mixed else 0)
-    layer.put("attn.out", 2 * T * H, "attention", ("T", "q"))
+    # the merged heads are read only by c_proj ("o"): kept for its weight's gradient
+    eager = attention_used(spec, sc.attention) == "eager"
+    layer.put("attn.out", 2 * T * H, "attention", ("T", "q"), ("o",) if eager else ())
     _dropout_mask(layer, "attn.resid_dropout_mask", sc, spec.hidden_dropout, T * H, ("T", "H"))
     layer.half = "mlp"
-    _layernorm(layer, "ln_2", sc, H, T, consumers=1)
+    _layernorm(layer, "ln_2", sc, H, T, consumers=1, readers=("up",))
     # gelu_new = 0.5·x·(1 + tanh(c·(x + 0.044715·x³))): x (fp32 for pow under CUDA autocast),
     # tanh, 1 + tanh, 0.5·x and the product are saved
     wide = 4 if sc.mixed else 2
@@ -292,7 +294,7 @@ def _gpt2_layer(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
     layer.put("mlp.tanh", wide * T * I, "mlp", ("T", "I"))
     layer.put("mlp.one_plus_tanh", wide * T * I, "mlp", ("T", "I"))
     layer.put("mlp.half_x", 2 * T * I, "mlp", ("T", "I"))
-    layer.put("mlp.gelu_out", 2 * T * I, "mlp", ("T", "I"))
+    layer.put("mlp.gelu_out", 2 * T * I, "mlp", ("T", "I"), ("down",))     # read only by the MLP's c_proj
     _dropout_mask(layer, "mlp.resid_dropout_mask", sc, spec.hidden_dropout, T * H, ("T", "H"), block="mlp")
     return layer.out
 
@@ -301,17 +303,18 @@ def _opt_layer(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
     """OPT: pre-LayerNorm, separate q/k/v with biases, ReLU MLP, dropout after each block."""
     layer = _Layer()
     T, H, I = sc.tokens, spec.hidden_size, spec.intermediate_size
-    _layernorm(layer, "ln_attn", sc, H, T, consumers=3)
+    _layernorm(layer, "ln_attn", sc, H, T, consumers=3, readers=("q", "k", "v"))
     for name in ("attn.q", "attn.k", "attn.v"):
         layer.put(name, 2 * T * H, "attention", ("T", "q"))
     if attention_used(spec, sc.attention) == "sdpa":
         layer.put("attn.logsumexp", 4 * sc.batch_size * spec.num_heads * sc.seq_len, "attention", ("B", "nh", "S"))
     else:
         _scores(layer, spec, sc, softmax_bytes=4, copy_bytes=2)
-    layer.put("attn.out", 2 * T * H, "attention", ("T", "q"))
+    eager = attention_used(spec, sc.attention) == "eager"
+    layer.put("attn.out", 2 * T * H, "attention", ("T", "q"), ("o",) if eager else ())
     _dropout_mask(layer, "attn.dropout_mask", sc, spec.hidden_dropout, T * H, ("T", "H"))
     layer.half = "mlp"
-    _layernorm(layer, "ln_mlp", sc, H, T, consumers=1)
+    _layernorm(layer, "ln_mlp", sc, H, T, consumers=1, readers=("up",))
     layer.put("mlp.relu", 2 * T * I, "mlp", ("T", "I"))
     _dropout_mask(layer, "mlp.dropout_mask", sc, spec.hidden_dropout, T * H, ("T", "H"), block="mlp")
     return layer.out
@@ -323,13 +326,13 @@ def _falcon_layer(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
     T, H, I = sc.tokens, spec.hidden_size, spec.intermediate_size
     nh, nkv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
     if spec.norms_per_layer == 2:     # new_decoder_architecture: one LayerNorm per branch
-        _layernorm(layer, "ln_attn", sc, H, T, consumers=1)
+        _layernorm(layer, "ln_attn", sc, H, T, consumers=1, readers=("qkv",))
         layer.half = "mlp"
-        _layernorm(layer, "ln_mlp", sc, H, T, consumers=1)
+        _layernorm(layer, "ln_mlp", sc, H, T, consumers=1, readers=("up",))
         layer.drop("ln_mlp.input")       # both read the same input tensor
         layer.half = "attn"
     else:
-        _layernorm(layer, "ln", sc, H, T, consumers=2)
+        _layernorm(layer, "ln", sc, H, T, consumers=2, readers=("qkv", "up"))
     if attention_used(spec, sc.attention) == "sdpa":
         layer.put("attn.q", 2 * T * nh * hd, "attention", ("T", "q"))
         layer.put("attn.k", 2 * T * nkv * hd, "attention", ("T", "kv"))
@@ -343,10 +346,11 @@ def _falcon_layer(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
         layer.put("attn.v", kv, "attention", ("T", "q"))
         # softmax in the hidden states' dtype: bf16, or fp32 + a bf16 copy under mixed
         _scores(layer, spec, sc, softmax_bytes=4 if sc.mixed else 2, copy_bytes=2 if sc.mixed else 0)
-    layer.put("attn.out", 2 * T * nh * hd, "attention", ("T", "q"))
+    eager = attention_used(spec, sc.attention) == "eager"
+    layer.put("attn.out", 2 * T * nh * hd, "attention", ("T", "q"), ("o",) if eager else ())
     layer.half = "mlp"
     layer.put("mlp.fc_out", 2 * T * I, "mlp", ("T", "I"))
-    layer.put("mlp.gelu", 2 * T * I, "mlp", ("T", "I"))
+    layer.put("mlp.gelu", 2 * T * I, "mlp", ("T", "I"), ("down",))          # read only by dense_4h_to_h
     if sc.mixed and not spec.autocast_caches_weights:
         # FalconLinear computes `x @ W.T`: autocast casts the view W.T, which it does not
         # cache, and the matmul saves the bf16 copy for its backward
@@ -432,7 +436,7 @@ _EAGER_PREFILL_SCORES = {"llama": 10, "gpt2": 6, "falcon": 8, "opt": 10}
 _PREFILL_MLP = {"gpt2": 4, "opt": 2, "falcon": 2}
 
 
-def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2) -> dict:
+def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2, residual_bytes: int | None = None) -> dict:
     """Candidates for the transient peak of a prefill, above the weights and the KV cache.
 
     Under ``torch.no_grad()`` a tensor lives only while a Python variable holds it.  In the
@@ -454,20 +458,25 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2) -> d
       in bf16: GPT-2 holds the scaled scores, the masked scores and the softmax (6);
       Falcon, whose K/V head is broadcast to every query head, 8.
 
+    ``residual_bytes`` (default ``dtype_bytes``): bytes per element of the residual stream,
+    the embedding output and RoPE's tables; 4 for fp32 weights under autocast, whose
+    matmul outputs (the MLP's and attention's) are bf16 while the residual stream is fp32.
+
     Returns ``{candidate: bytes}``; the peak is the largest (chapter 03 §inference).
     """
     a = dtype_bytes
+    r = a if residual_bytes is None else residual_bytes
     B, S, T = sc.batch_size, sc.seq_len, sc.tokens
     H, I, nh, hd = spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.head_dim
-    hidden = a * T * H
+    hidden = r * T * H
     rope_hd = spec.qk_rope_head_dim if spec.is_mla else hd
     always = hidden + (hidden if spec.num_layers > 1 else 0) + 8 * S   # inputs_embeds, layer input, positions
     if attention_used(spec, sc.attention) == "sdpa" and spec.sliding_window and spec.num_sliding_layers:
         always = always + S * S * (S >= spec.sliding_window)   # the window's (1, 1, S, S) boolean mask
     if spec.learned_positions:          # GPT-2 keeps a (1, S, H) position output, OPT a (B, S, H) one
-        always = always + a * (T if spec.positions_per_sequence else S) * H
+        always = always + r * (T if spec.positions_per_sequence else S) * H
     else:
-        always = always + 2 * a * S * rope_hd                              # RoPE cos and sin
+        always = always + 2 * r * S * rope_hd                              # RoPE cos and sin
     out = {}
     if spec.parallel_attn:               # parallel attention: its output waits for the MLP
         out["mlp"] = always + 2 * hidden + 2 * a * T * I

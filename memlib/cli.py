@@ -147,7 +147,7 @@ def cmd_lora(args):
 
 
 #: Extra subcommands contributed by other modules: name -> "module" exposing add_parser(sub).
-EXTRA_COMMANDS = ["memlib.measure.cli", "memlib.serving_cli"]
+EXTRA_COMMANDS = ["memlib.measure.cli", "memlib.serving_cli", "memlib.rl.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

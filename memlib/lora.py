@@ -15,6 +15,14 @@ save:
 Each adapter saves its input (shared with the base projection's input) and ``x·A``
 (``r`` values per token).  QLoRA dequantises one weight matrix at a time to bf16, a
 transient the size of the largest projection.
+
+PEFT's default adapters are fp32 (it upcasts bf16 adapters), and its forward casts the
+input to the adapter's dtype: ``B(A(x.to(fp32)))``.  Without an autocast region around
+the forward (``autocast=False``: a bf16 base trained as is, which is how the RL bench of
+chapter 06 runs PEFT), every targeted projection then keeps its *own* fp32 copy of its
+input (``4·T·in`` bytes) and an fp32 ``x·A`` (``4·T·r``), while the bf16 input itself is
+kept by nobody (the frozen base and the cast need no saved input); the bf16 norm outputs
+and the ``act·up`` product read by ``down`` then go, as they do for frozen projections.
 """
 from __future__ import annotations
 
@@ -90,37 +98,46 @@ def lora_params(model, rank: int, targets="all-linear") -> int:
     return sum(r * c * n for r, c, n in adapter_matrices(model, rank, targets))
 
 
-def _frozen_layer(spec, sc: Scenario, moe: bool, chosen: set, rank: int, lora_dropout: float) -> dict:
+def _frozen_layer(spec, sc: Scenario, moe: bool, chosen: set, rank: int, lora_dropout: float,
+                  upcast: bool = False) -> dict:
     """What one layer saves when its base is frozen and ``chosen`` projections carry adapters:
     the frozen layer's :class:`~memlib.activations.Saved` records, less those kept only for
     frozen weights' gradients (:func:`~memlib.activations.without_frozen`), plus each
-    adapter's ``x·A`` and, with dropout, its dropped-out input and mask."""
-    saved = without_frozen(layer_tensors(spec, sc, moe), trained=chosen)
+    adapter's ``x·A`` and, with dropout, its dropped-out input and mask.
+
+    ``upcast`` (fp32 adapters without autocast, PEFT's default forward): each adapter keeps
+    an fp32 copy of its input, ``4·T·in``, and an fp32 ``x·A``, ``4·T·r``; no bf16 input is
+    kept for an adapter (the records kept only for weights' gradients all go)."""
+    saved = without_frozen(layer_tensors(spec, sc, moe), trained=set() if upcast else chosen)
     T = sc.tokens
     for comp, name, i, o, n in named_linears(spec):
         in_this_layer = comp == "attention" or (comp == "mlp" and not moe) or (comp == "shared_experts" and moe)
         if name in chosen and in_this_layer:
             block = "attention" if comp == "attention" else "mlp"
-            saved[f"lora.{name}.xA"] = Saved(f"lora.{name}.xA", 2 * T * rank, block, "attn" if block == "attention"
-                                             else "mlp", ("T", "r"))
+            half = "attn" if block == "attention" else "mlp"
+            saved[f"lora.{name}.xA"] = Saved(f"lora.{name}.xA", (4 if upcast else 2) * T * rank, block, half,
+                                             ("T", "r"))
+            if upcast:
+                saved[f"lora.{name}.input_fp32"] = Saved(f"lora.{name}.input_fp32", 4 * T * i, block, half,
+                                                         ("T", "in"))
             if lora_dropout > 0:     # the adapter reads a dropped-out copy of its input, and its mask
                 saved[f"lora.{name}.dropout"] = Saved(f"lora.{name}.dropout", (2 + sc.mask_bytes()) * T * i,
                                                       block, "attn" if block == "attention" else "mlp", ("T", "in"))
     return saved
 
 
-@exact_sweeps("batch_size", "seq_len")
-def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear", base: str = "bf16",
-                double_quant: bool = False, adapter_dtype: str = "bf16", optimizer: str = "adamw",
-                recompute: str = "none", attention: str = "sdpa", lora_dropout: float = 0.0,
-                grad_accum: int = 1, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL) -> Breakdown:
-    """Peak memory of one LoRA (``base="bf16"``) or QLoRA (``base="nf4"``) training step.
+def lora_step(model, batch_size, seq_len, rank: int = 16, targets="all-linear", base: str = "bf16",
+              double_quant: bool = False, adapter_dtype: str = "bf16", optimizer: str = "adamw",
+              recompute: str = "none", attention: str = "sdpa", lora_dropout: float = 0.0,
+              optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL, autocast: bool = True, _bench_cpu: bool = False):
+    """Validate the knobs of a LoRA step and build its inputs (chapter 04; chapter 06 reuses it).
 
-    Components at the peak: ``weights`` (frozen base + adapters), ``optimizer`` (adapters
-    only), ``gradients`` (adapters only), ``autocast_cache`` (bf16 copies of fp32 adapters),
-    ``activations`` and ``transient``.  ``meta`` gives ``trainable_params``,
-    ``base_weights`` and the timeline, as :func:`memlib.training.train_memory` does.
-    Chapter 04 §LoRA derives it.
+    Returns ``(spec, scenario, inputs, info)``: the :class:`~memlib.training.StepInputs`
+    for :func:`memlib.training.step_timeline` (``weights = base + Σ r·(in + out)·p``,
+    optimizer state and gradients of the adapters only) and ``info`` with ``chosen``
+    (the targeted projections), ``trainable`` (adapter parameters), ``base_weights`` and
+    ``adapter_bytes``.  ``autocast=False`` with ``adapter_dtype="fp32"`` is PEFT's forward
+    without an autocast region (the module docstring): fp32 input copies, no cached copies.
     """
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
@@ -133,8 +150,11 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
     if lora_dropout >= 1:
         raise ValueError(f"lora_dropout: must be in [0, 1), got {lora_dropout}")
     chosen = set(resolve_targets(spec, targets))
-    sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer, optimizer_impl)   # the base computes in bf16
+    sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer, optimizer_impl,   # the base computes in bf16
+                  _bench_cpu=_bench_cpu)
     p = 4 if adapter_dtype == "fp32" else 2
+    upcast = adapter_dtype == "fp32" and not autocast
+    cached = adapter_dtype == "fp32" and autocast        # autocast casts fp32 adapters to bf16 and caches them
     mats = adapter_matrices(spec, rank, targets)
     trainable = sum(r * c * n for r, c, n in mats)
     base_weights = weight_memory(spec, "nf4" if base == "nf4" else "bf16", double_quant=double_quant).total
@@ -146,7 +166,7 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
 
     before_mlp = adapters({"down", "shared_gate", "shared_up", "shared_down"})
     before_attention = adapters(set(TARGET_GROUPS["mlp"]) | {"o"})
-    layers = {m: _frozen_layer(spec, sc, m, chosen, rank, float(lora_dropout)) for m in set(spec.moe_layers)}
+    layers = {m: _frozen_layer(spec, sc, m, chosen, rank, float(lora_dropout), upcast) for m in set(spec.moe_layers)}
     dequant = 0
     if base == "nf4":   # one projection dequantised to bf16 at a time, during forward and backward
         dequant = max(2 * i * o for comp, _, i, o, _ in named_linears(spec) if comp != "experts")
@@ -155,20 +175,69 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
         optimizer=tensor_state_bytes(mats, 0, optimizer, state_bytes=p),
         grads_head=0, grads_per_layer={m: per_layer_adapters for m in layers}, grads_embedding=0, grads_tied=0,
         grads_before_mlp={m: before_mlp for m in layers}, grads_before_attention={m: before_attention for m in layers},
-        autocast_cache=2 * trainable if adapter_dtype == "fp32" else 0,
-        cache_attn={m: (2 * trainable if adapter_dtype == "fp32" else 0) // spec.num_layers for m in layers},
+        autocast_cache=2 * trainable if cached else 0,
+        cache_attn={m: (2 * trainable if cached else 0) // spec.num_layers for m in layers},
         cache_mlp={m: 0 for m in layers}, cache_head=0,
         step_extra=step_temporaries(optimizer, optimizer_impl, [r * c for r, c, n in mats for _ in range(n)], p),
         layers=layers, frozen_head=True,
         backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) + dequant for m in layers})
+    info = {"chosen": chosen, "trainable": trainable, "base_weights": base_weights, "adapter_bytes": trainable * p,
+            "rank": rank, "lora_dropout": lora_dropout}
+    return spec, sc, inputs, info
+
+
+def first_layer_unsaved(spec, layer: dict, chosen: set) -> int:
+    """Bytes the first decoder layer does not keep because the embedding is frozen (chapter 06).
+
+    Autograd records an op only when an input requires a gradient.  With a frozen
+    embedding nothing does before the first adapter: the first layer's tensors in front of
+    its first targeted projection (the input norm's, when q/k/v carry adapters) are never
+    saved.  ``layer`` is the first layer's :class:`~memlib.activations.Saved` records in
+    forward order (:func:`_frozen_layer`); records kept for a trained weight's gradient
+    stay (an adapter's input is saved for its own weight).  Applies without recompute.
+    """
+    names = [k for k in layer if not k.startswith("lora.")]
+    recs = [layer[k] for k in names]
+    if chosen & _READS_INPUT_NORM:
+        cut = next((i for i, t in enumerate(recs) if t.block != "norms"), len(recs))
+    elif "o" in chosen:
+        cut = next((i for i, t in enumerate(recs) if t.half == "mlp"), len(recs))
+    elif chosen & _READS_MLP_NORM:
+        cut = next((i for i, t in enumerate(recs) if t.half == "mlp" and t.block != "norms"), len(recs))
+    else:
+        cut = len(recs)
+    return sum(t.nbytes for t in recs[:cut] if not (set(t.needed_by) & chosen))
+
+
+@exact_sweeps("batch_size", "seq_len")
+def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear", base: str = "bf16",
+                double_quant: bool = False, adapter_dtype: str = "bf16", optimizer: str = "adamw",
+                recompute: str = "none", attention: str = "sdpa", lora_dropout: float = 0.0,
+                grad_accum: int = 1, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL,
+                autocast: bool = True) -> Breakdown:
+    """Peak memory of one LoRA (``base="bf16"``) or QLoRA (``base="nf4"``) training step.
+
+    Components at the peak: ``weights`` (frozen base + adapters), ``optimizer`` (adapters
+    only), ``gradients`` (adapters only), ``autocast_cache`` (bf16 copies of fp32 adapters),
+    ``activations`` and ``transient``.  ``meta`` gives ``trainable_params``,
+    ``base_weights`` and the timeline, as :func:`memlib.training.train_memory` does.
+    ``autocast=False`` (with ``adapter_dtype="fp32"``): PEFT's forward with no autocast
+    region, each adapter keeping an fp32 copy of its input (module docstring).
+    Chapter 04 §LoRA derives it.
+    """
+    spec, sc, inputs, info = lora_step(model, batch_size, seq_len, rank, targets, base, double_quant,
+                                       adapter_dtype, optimizer, recompute, attention, lora_dropout,
+                                       optimizer_impl, autocast)
+    batch_size, seq_len = sc.batch_size, sc.seq_len
     marks, saved = step_timeline(spec, sc, inputs, recompute, positive_int("grad_accum", grad_accum))
-    meta = {"model": spec.name, "rank": rank, "targets": sorted(chosen), "base": base, "double_quant": double_quant,
-            "adapter_dtype": adapter_dtype, "optimizer": optimizer, "optimizer_impl": optimizer_impl,
-            "recompute": recompute, "lora_dropout": lora_dropout,
-            "attention": attention_used(spec, attention), "trainable_params": trainable,
-            "base_weights": base_weights, "activations_saved": saved,
+    meta = {"model": spec.name, "rank": info["rank"], "targets": sorted(info["chosen"]), "base": base,
+            "double_quant": double_quant, "adapter_dtype": adapter_dtype, "autocast": autocast,
+            "optimizer": optimizer, "optimizer_impl": optimizer_impl,
+            "recompute": recompute, "lora_dropout": info["lora_dropout"],
+            "attention": attention_used(spec, attention), "trainable_params": info["trainable"],
+            "base_weights": info["base_weights"], "activations_saved": saved,
             "batch_size": batch_size, "seq_len": seq_len}
-    title = f"{spec.name} {'QLoRA' if base == 'nf4' else 'LoRA'} r={rank}, b={batch_size} s={seq_len}"
+    title = f"{spec.name} {'QLoRA' if base == 'nf4' else 'LoRA'} r={info['rank']}, b={batch_size} s={seq_len}"
     return summarize(marks, title, meta)
 
 

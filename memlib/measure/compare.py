@@ -1,4 +1,4 @@
-"""The bridge from the bench to memlib's predictions (chapters 03, 04, 08).
+"""The bridge from the bench to memlib's predictions (chapters 03, 04, 06, 08).
 
 The bench measures transformers on the CPU under fake tensors; memlib predicts a GPU.
 Comparing the two takes three settings, and this module is the only place that knows
@@ -12,6 +12,11 @@ them (scripts, tests and notebooks all call :func:`predict_like_bench` and
   a GPU's fused kernel never does), or where the bench failed, is left out, with the
   reason.
 
+The RL scenarios (kind ``"rl"``, chapter 06) add the bench's RL settings: AdamW as a
+loop, the policy generating with transformers (a prompt of ``S/4`` tokens, ``3S/4`` new
+ones), mixed precision's fp32 KV cache and bf16 weight copies in every generating forward,
+PEFT's fp32 adapters for LoRA; every phase is compared, not only the peak.
+
 Importing this module does not import torch.
 """
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ..breakdown import Breakdown
 
 #: The bench's optimizer names -> memlib's.
 BENCH_OPTIMIZERS = {"adamw": "adamw", "sgd": "sgd_momentum"}
-KINDS = ("weights", "kv", "prefill", "train")
+KINDS = ("weights", "kv", "prefill", "train", "rl")
 
 
 def excluded(measured: dict) -> str | None:
@@ -40,7 +45,11 @@ def predict_like_bench(point: dict, kind: str = "train") -> Breakdown:
     ``recompute``, ``optimizer`` and ``optimizer_impl`` (train; a point that names no
     implementation is a reference row, ``"loop"``).  Returns the Breakdown of
     :func:`memlib.weight_memory`, :func:`memlib.kv_cache`, :func:`memlib.inference_memory`
-    or :func:`memlib.train_memory`.
+    or :func:`memlib.train_memory`; for ``"rl"`` (a point of ``data/bench/rl.jsonl``:
+    ``recipe``, ``batch_size``, ``seq_len``, ``group_size``, ``beta``, ``precision``,
+    ``reference``, ``ref_order``, ``logprob``, ``lora_rank``; ``recipe="rollout"`` with
+    ``prompt_len``/``new_tokens``) the phased Breakdown of :func:`memlib.rl.rl_memory`
+    (:func:`memlib.rl.rollout_memory`).
     """
     from ..inference import inference_memory
     from ..kv_cache import kv_cache
@@ -56,6 +65,8 @@ def predict_like_bench(point: dict, kind: str = "train") -> Breakdown:
     if kind == "prefill":
         return inference_memory(m, point["batch_size"], point["seq_len"], attention=point.get("attention", "sdpa"),
                                 runtime="transformers")
+    if kind == "rl":
+        return _predict_rl(point)
     return train_memory(m, point["batch_size"], point["seq_len"], precision=point.get("precision", "bf16"),
                         optimizer=BENCH_OPTIMIZERS[point.get("optimizer", "adamw")],
                         optimizer_impl=point.get("optimizer_impl", "loop"),
@@ -63,8 +74,28 @@ def predict_like_bench(point: dict, kind: str = "train") -> Breakdown:
                         _bench_cpu=True)
 
 
+def _predict_rl(point: dict) -> Breakdown:
+    """An RL bench point under the bench's settings (module docstring; chapter 06)."""
+    from ..rl import rl_memory, rollout_memory
+    m, attention = point["model"], point.get("attention", "sdpa")
+    if point["recipe"] == "rollout":
+        return rollout_memory(m, point["batch_size"], point["prompt_len"], point["new_tokens"],
+                              group_size=point.get("group_size", 1), attention=attention)
+    online = point["recipe"] in ("grpo", "ppo")
+    return rl_memory(m, point["recipe"], point["batch_size"], point["seq_len"],
+                     group_size=point.get("group_size", 1) if online else None, beta=point.get("beta"),
+                     precision=point.get("precision", "bf16"), reference=point.get("reference", "live"),
+                     ref_order=point.get("ref_order", "first"), logprob=point.get("logprob", "full"),
+                     lora_rank=point.get("lora_rank"), logits_to_keep=point.get("logits_to_keep"),
+                     prompt_len=point.get("prompt_len") if online else None,
+                     optimizer_impl=point.get("optimizer_impl", "loop"), attention=attention, rollout="hf",
+                     _bench_cpu=True)
+
+
 def measured_total(measured: dict, kind: str = "train") -> int:
     """The bench's number that :func:`predict_like_bench`'s ``total`` predicts."""
+    if kind == "rl":
+        return measured["peak"]
     if kind == "train":
         return measured["train_peak"]
     if kind == "prefill":
@@ -77,7 +108,9 @@ def measured_total(measured: dict, kind: str = "train") -> int:
 def compare(record: dict, kind: str = "train") -> dict:
     """One stored bench record (``{"point", "measured"}``) against memlib: ``predicted``,
     ``measured``, signed ``error`` (predicted / measured − 1), ``phase`` and
-    ``predicted_phase`` (train), or ``excluded`` with the reason."""
+    ``predicted_phase`` (train, rl), or ``excluded`` with the reason.  For ``"rl"``,
+    ``phases`` compares every phase (``{phase: {predicted, measured, error}}``) and
+    ``phase_mismatch`` lists phases only one side has."""
     p, m = record["point"], record["measured"]
     why = excluded(m)
     if why:
@@ -86,8 +119,16 @@ def compare(record: dict, kind: str = "train") -> dict:
     meas = measured_total(m, kind)
     out = {"point": p, "predicted": int(pred.total), "measured": int(meas),
            "error": (int(pred.total) - meas) / meas}
-    if kind == "train":
+    if kind in ("train", "rl"):
         out.update(phase=m["peak_phase"], predicted_phase=pred.peak_phase)
+    if kind == "rl":
+        measured_phases = m.get("phase_peak") or {"generate": m["peak"]}
+        out["phases"] = {ph: {"predicted": int(pred.phases[ph]), "measured": int(v),
+                              "error": (int(pred.phases[ph]) - v) / v}
+                         for ph, v in measured_phases.items()}
+        missing = set(pred.phases) ^ set(measured_phases)
+        if missing:
+            out["phase_mismatch"] = sorted(missing)
     if kind == "prefill":
         out["kv_error"] = int(pred["kv_cache"]) - m["kv_cache"]
     return out

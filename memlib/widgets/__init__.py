@@ -24,6 +24,7 @@ _EXPLORERS = {
     "lora_explorer": "memlib.widgets.training",
     "which_gpu_explorer": "memlib.widgets.serving",
     "measure_explorer": "memlib.widgets.measure",
+    "rl_explorer": "memlib.widgets.rl",
     "Explorer": "memlib.widgets.base",
 }
 
