@@ -37,8 +37,6 @@ from __future__ import annotations
 import copy
 import contextlib
 
-import torch
-
 from .counter import storage_key
 
 __all__ = ["PhasedMemTracker", "crosscheck_train", "CATEGORY_NAMES"]

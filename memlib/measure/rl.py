@@ -1,4 +1,4 @@
-"""The RL scenarios of the bench (DESIGN section 4c, chapter 06): sft, dpo, grpo, ppo and the rollout.
+"""The RL scenarios of the bench (chapter 06): sft, dpo, grpo, ppo and the rollout.
 
 Everything runs on one device (fake tensors on the CPU by default), in one session that
 holds every model the recipe needs (:class:`memlib.measure.rl_models.RLSession`), and one
@@ -11,8 +11,8 @@ which role allocated it.
   gradients, AdamW state) or ``"mixed"`` (fp32 weights, gradients and state; the
   forward and the loss inside ``torch.autocast(bfloat16)``, the backward outside it;
   on the CPU CUDA's autocast op list is emulated, :mod:`memlib.measure.autocast`).
-  ``train()`` mode.  AdamW (``optimizer_impl``: ``"loop"`` = ``foreach=False`` as in
-  DESIGN section 4, ``"foreach"``, ``"fused"``); one optimizer over every trained
+  ``train()`` mode.  AdamW (``optimizer_impl``: ``"loop"`` = ``foreach=False``, the
+  bench's reference rows, ``"foreach"``, ``"fused"``); one optimizer over every trained
   parameter (with PPO: the policy's and the critic's, as TRL's ``PolicyAndValueWrapper``).
 * *reference*: a frozen bf16 ``AutoModelForCausalLM`` of the policy's architecture, in
   ``eval()``, run under ``no_grad``.  With ``lora_rank`` there is no reference model: the
@@ -38,7 +38,7 @@ which role allocated it.
 
 Two iterations run; the second is measured after ``gc.collect()`` (the optimizer state
 then exists).  The batch (token ids, shifted labels, loss mask, advantages; DPO's
-precomputed reference log-probs) is made before counting starts, as in DESIGN section 4,
+precomputed reference log-probs) is made before counting starts, as in every bench scenario,
 and is not part of any peak.
 
 **Recipes** (``B`` = sequences in one step, ``S`` = ``seq_len``; ``lp`` = the policy's
@@ -47,7 +47,7 @@ per-token log-probs (:func:`memlib.measure.rl_logprobs.token_logprobs`), ``m`` =
 * ``sft`` (baseline): ``B = b``; ``loss = model(ids, labels=ids).loss`` (transformers'
   own cross-entropy); no reference.
 * ``dpo``: b preference pairs, ``B = 2b`` (chosen then rejected, one concatenated
-  forward); the reference forward first (``ref_order="first"``, DESIGN 4c) keeps only the
+  forward); the reference forward first (``ref_order="first"``, the reference order) keeps only the
   summed log-probs ``rc, rr``; then ``pc, pr = (lp * m).sum(-1).chunk(2)``,
   ``loss = -logsigmoid(beta * ((pc - rc) - (pr - rr))).mean()``.
   ``reference="precomputed"``: no reference model; ``rc, rr`` are inputs.
@@ -230,7 +230,7 @@ def measure_rl(recipe, model, batch_size, seq_len, *, group_size=1, beta=None, p
                logprob="full", logits_to_keep=None, ref_order="first", optimizer_impl="loop",
                exact_steps=2, attention="sdpa", fake=True, verbose=False,
                timeline_points=200) -> Breakdown:
-    """Measured memory of one RL iteration by phase and by role (DESIGN section 4c, chapter 06).
+    """Measured memory of one RL iteration by phase and by role (chapter 06).
 
     ``peak = max over phases (generate, score, train.forward/backward/step) of the live bytes``;
     the components are the live bytes at the peak by role (see the module docstring for

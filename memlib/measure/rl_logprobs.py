@@ -3,7 +3,7 @@
 Every RL loss needs ``log p(label_t | prefix)`` for each token.  How it is computed
 decides the largest activation of an RL step, a tensor as wide as the vocabulary:
 
-* ``"full"`` (DESIGN section 4c, the reference form)::
+* ``"full"`` (the reference form)::
 
       torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None])[..., 0]
 

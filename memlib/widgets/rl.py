@@ -1,6 +1,6 @@
 """Chapter 06 explorer and figures: an RL iteration on one GPU, by phase and by role.
 
-Three layers (DESIGN §3):
+Three layers (model and view apart, as in every explorer):
 
 1. compute: :func:`memlib.rl.rl_memory`; :func:`explore_rl` maps the explorer's controls
    onto it (knobs a recipe does not use are left out rather than refused);
