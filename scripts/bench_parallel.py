@@ -39,19 +39,32 @@ POINT_KEYS = ("model", "scenario", "world_size", "precision", "batch_size", "seq
 
 
 def points(models, scenarios, worlds):
-    """The matrix, cheapest scenarios first within a model; pp: 1F1B on the first and last stage
-    and GPipe on the first, with M = 2 W micro-batches."""
+    """The matrix, in two tiers so that an interrupted sweep still covers issue 11's core matrix.
+
+    Tier 1 (every model, W, precision): zero3, zero2, tp, tp_sp and the first pipeline stage of
+    1F1B.  Tier 2: the last stage of 1F1B, the first stage of GPipe, ddp (W=2 only: DDP's
+    memory does not depend on W), zero1 and, for MoE models, ep.  Pipelines run M = 2 W
+    micro-batches.  Within a tier, points go round-robin over the models.
+    """
+    tiers = ([], [])
     for m, w, prec in itertools.product(models, worlds, PRECISIONS):
         base = {"model": m, "world_size": w, "precision": prec, "batch_size": BATCH, "seq_len": SEQ,
                 "microbatches": None, "schedule": None, "rank": 0}
         for sc in scenarios:
-            if sc == "ep" and m not in MOE:
+            if sc == "ep" and m not in MOE or sc == "ddp" and w != 2:
                 continue
             if sc == "pp":
-                for sched, rank in (("1f1b", 0), ("1f1b", w - 1), ("gpipe", 0)):
-                    yield {**base, "scenario": "pp", "microbatches": 2 * w, "schedule": sched, "rank": rank}
+                for tier, sched, rank in ((0, "1f1b", 0), (1, "1f1b", w - 1), (1, "gpipe", 0)):
+                    tiers[tier].append({**base, "scenario": "pp", "microbatches": 2 * w, "schedule": sched,
+                                        "rank": rank})
             else:
-                yield {**base, "scenario": sc}
+                tiers[0 if sc in ("zero3", "zero2", "tp", "tp_sp") else 1].append({**base, "scenario": sc})
+    for tier in tiers:
+        by_model: dict = {}
+        for p in tier:
+            by_model.setdefault(p["model"], []).append(p)
+        for group in itertools.zip_longest(*by_model.values()):
+            yield from (p for p in group if p)
 
 
 def key(p: dict) -> str:
@@ -62,8 +75,12 @@ def _top(d: dict, n: int = 8) -> dict:
     return dict(sorted(d.items(), key=lambda kv: -kv[1])[:n])
 
 
-def run_point(p):
-    """Measure one point (in a fresh process); returns ``(point, measured)``."""
+def run_point(p, crosscheck="w2"):
+    """Measure one point (in a worker process); returns ``(point, measured)``.
+
+    ``crosscheck``: ``"w2"`` runs PyTorch's tracker alongside on the W=2 points only (it
+    costs about a third more time), ``"all"`` on every point, ``"none"`` never.
+    """
     import torch
     import transformers
     t = time.perf_counter()
@@ -72,8 +89,9 @@ def run_point(p):
         kw = {}
         if p["scenario"] == "pp":
             kw = {"microbatches": p["microbatches"], "schedule": p["schedule"], "rank": p["rank"]}
+        cc = crosscheck == "all" or crosscheck == "w2" and p["world_size"] == 2
         r = measure_parallel_train(p["model"], p["scenario"], p["world_size"], p["batch_size"], p["seq_len"],
-                                   p["precision"], **kw)
+                                   p["precision"], crosscheck=cc, **kw)
         m = r.meta
         res = {"train_peak": m["train_peak"], "peak_phase": m["peak_phase"], "phase_peak": m["phase_peak"],
                "components_at_peak": dict(r.components), "phase_components": m["phase_components"],
@@ -106,40 +124,78 @@ def gib(b):
     return f"{b / 2**30:.3f}"
 
 
+COMPONENT_COLUMNS = ("weights", "gradients", "optimizer", "unsharded_params", "unsharded_grads", "fsdp_all_gather",
+                     "fsdp_reduce_scatter", "ddp_buckets", "pp_buffers", "comm", "activations")
+ABBREV = {"weights": "W", "gradients": "G", "optimizer": "O", "unsharded_params": "UP", "unsharded_grads": "UG",
+          "fsdp_all_gather": "AG", "fsdp_reduce_scatter": "RS", "ddp_buckets": "DB", "pp_buffers": "PB",
+          "comm": "C", "activations": "A"}
+
+
+def _label(p):
+    if p["scenario"] == "pp":
+        return f"pp {p['schedule']} M={p['microbatches']} stage {p['rank']}"
+    return p["scenario"]
+
+
 def summary():
-    """Rewrite ``parallel.md``: one row per point, rank's peak in GiB, phase, MemTracker agreement."""
+    """Rewrite ``parallel.md``: the MemTracker agreement per scenario, then one row per point."""
     rows = load()
-    rows.sort(key=lambda r: (r["point"]["model"], r["point"]["scenario"], r["point"]["world_size"],
+    order = {sc: i for i, sc in enumerate(SCENARIOS)}
+    rows.sort(key=lambda r: (r["point"]["model"], order.get(r["point"]["scenario"], 99), r["point"]["world_size"],
                              r["point"]["precision"], str(r["point"]["schedule"]), r["point"]["rank"]))
+    ok = [r for r in rows if "error" not in r["measured"]]
+    errors = [r for r in rows if "error" in r["measured"]]
+    total_s = sum(r["measured"].get("seconds", 0) for r in rows)
+    vers = sorted({(r["measured"].get("torch"), r["measured"].get("transformers")) for r in rows})
     lines = ["# Parallel bench: one rank's training peak (measured)", "",
-             f"Generated by `scripts/bench_parallel.py --summary` from `parallel.jsonl` ({len(rows)} points).",
-             "Batch 1 per rank (per micro-batch for pp), sequence 512, AdamW (loop), second step.",
-             "Peak in GiB (2^30 bytes), input batch excluded.  `MemTracker` = the difference in bytes",
-             "between the bench's counter and PyTorch's own tracker over the same step (0 = agree).", "",
-             "| model | scenario | W | precision | pp (M, schedule, stage) | peak GiB | phase | MemTracker diff | "
-             "s |", "|---|---|---|---|---|---|---|---|---|"]
-    errors = []
-    total_s = 0.0
+             f"Generated by `scripts/bench_parallel.py --summary` from `parallel.jsonl`: {len(rows)} points, "
+             f"{len(ok)} measured, {len(errors)} that did not run (listed at the end, with the reason).",
+             f"Versions: {', '.join(f'torch {t}, transformers {tr}' for t, tr in vers)}.", "",
+             "Each point is one training step (the second of two) of one rank of a fake world of W ranks",
+             "(PyTorch's fake process group, fake tensors on the CPU), batch 1 per rank (per micro-batch",
+             "for pp), sequence 512, AdamW (loop).  Scenario definitions: the docstrings of",
+             "`memlib/measure/parallel.py`, `pipeline.py`, `tp_plan.py` and `expert_parallel.py`.",
+             "Peaks in GiB (2^30 bytes), the input batch excluded.", "",
+             "## Agreement with PyTorch's own tracker", "",
+             "`FSDPMemTracker` (zero2, zero3, ep) or `MemTracker` (the others) ran alongside the bench's",
+             "counter over the same step (on the W=2 points by default); the difference of the two peaks in bytes:",
+             "", "| scenario | points cross-checked | max abs diff (bytes) |", "|---|---|---|"]
+    per = {}
+    for r in ok:
+        cc = r["measured"].get("crosscheck")
+        if cc:
+            per.setdefault(r["point"]["scenario"], []).append(abs(cc["diff_bytes"]))
+    for sc in SCENARIOS:
+        if sc in per:
+            lines.append(f"| {sc} | {len(per[sc])} | {max(per[sc])} |")
+    lines += ["", "## Every point", "",
+              "Components at the peak, GiB: W weights (this rank's parameters), G gradients, O optimizer",
+              "state, UP unsharded parameters (FSDP2), UG unsharded gradients, AG all-gather buffers, RS",
+              "reduce-scatter buffers, DB DDP buckets, PB pipeline receive buffers, C collective outputs",
+              "(TP redistributions), A activations and temporaries (everything else).", "",
+              "| model | scenario | W | prec | peak GiB | phase | fwd / bwd / step GiB | components at the peak | "
+              "MemTracker diff | s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p, m = r["point"], r["measured"]
-        total_s += m.get("seconds", 0)
-        pp = f"{p['microbatches']}, {p['schedule']}, {p['rank']}" if p["scenario"] == "pp" else ""
+        head = f"| {p['model']} | {_label(p)} | {p['world_size']} | {p['precision']} |"
         if "error" in m:
-            errors.append((p, m["error"]))
-            lines.append(f"| {p['model']} | {p['scenario']} | {p['world_size']} | {p['precision']} | {pp} | "
-                         f"error | | | {m.get('seconds', '')} |")
+            lines.append(f"{head} error | | | | | {m.get('seconds', '')} |")
             continue
-        cc = m.get("crosscheck") or {}
-        lines.append(f"| {p['model']} | {p['scenario']} | {p['world_size']} | {p['precision']} | {pp} | "
-                     f"{gib(m['train_peak'])} | {m['peak_phase']} | {cc.get('diff_bytes', 'n/a')} | "
-                     f"{m.get('seconds', '')} |")
-    lines += ["", f"Total measuring time: {total_s / 3600:.2f} h (sum of per-point seconds).", ""]
+        ph = m["phase_peak"]
+        phases = " / ".join(gib(ph[k]) if k in ph else "-" for k in ("forward", "backward", "step"))
+        comps = ", ".join(f"{ABBREV[k]} {gib(m['components_at_peak'][k])}" for k in COMPONENT_COLUMNS
+                          if m["components_at_peak"].get(k))
+        cc = m.get("crosscheck")
+        lines.append(f"{head} {gib(m['train_peak'])} | {m['peak_phase']} | {phases} | {comps} | "
+                     f"{cc['diff_bytes'] if cc else ''} | {m.get('seconds', '')} |")
+    lines += ["", f"Measuring time: {total_s / 3600:.2f} h in all (sum of per-point seconds, "
+                  f"on a shared 2-core machine).", ""]
     if errors:
         lines += ["## Points that did not run", ""]
-        for p, e in errors:
-            lines.append(f"- {p['model']} {p['scenario']} W={p['world_size']} {p['precision']}"
-                         f"{' ' + p['schedule'] + ' stage ' + str(p['rank']) if p['scenario'] == 'pp' else ''}: "
-                         f"`{e[:300]}`")
+        for r in errors:
+            p = r["point"]
+            lines.append(f"- {p['model']} {_label(p)} W={p['world_size']} {p['precision']}: "
+                         f"`{r['measured']['error'][:300]}`")
     SUMMARY.write_text("\n".join(lines) + "\n")
     print(f"wrote {SUMMARY} ({len(rows)} points, {len(errors)} errors)", file=sys.stderr)
 
@@ -151,6 +207,8 @@ def main():
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--worlds", default=",".join(map(str, WORLDS)))
     ap.add_argument("--limit", type=int, default=0, help="measure at most this many points")
+    ap.add_argument("--crosscheck", choices=("w2", "all", "none"), default="w2",
+                    help="run PyTorch's MemTracker alongside: on W=2 points (default), all, or none")
     ap.add_argument("--dry-run", action="store_true", help="list the points still to measure")
     ap.add_argument("--summary", action="store_true", help="only rewrite parallel.md")
     args = ap.parse_args()
@@ -169,8 +227,11 @@ def main():
         return
     OUT.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        for i, (p, res) in enumerate(pool.imap_unordered(run_point, todo), 1):
+    import functools
+    work = functools.partial(run_point, crosscheck=args.crosscheck)
+    # a worker measures up to 10 points (imports cost ~20 s); each point builds its own fake world
+    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=10) as pool:
+        for i, (p, res) in enumerate(pool.imap(work, todo), 1):
             with open(OUT, "a") as f:
                 f.write(json.dumps({"point": p, "measured": res}, sort_keys=True) + "\n")
             peak = res.get("train_peak")
