@@ -231,7 +231,7 @@ def main():
     work = functools.partial(run_point, crosscheck=args.crosscheck)
     # a worker measures up to 10 points (imports cost ~20 s); each point builds its own fake world
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=10) as pool:
-        for i, (p, res) in enumerate(pool.imap(work, todo), 1):
+        for i, (p, res) in enumerate(pool.imap_unordered(work, todo), 1):
             with open(OUT, "a") as f:
                 f.write(json.dumps({"point": p, "measured": res}, sort_keys=True) + "\n")
             peak = res.get("train_peak")

@@ -123,7 +123,8 @@ def ep_mesh(world_size: int):
 
 def setup_ep(model, mesh, precision, **_):
     """Apply ``DistributedConfig(fsdp_size=W, ep_size=W)`` with transformers' ``maybe_distribute_model``."""
-    from .parallel import _Run, _fsdp_instrumentation
+    from .data_parallel import fsdp_instrumentation
+    from .dist_run import DistRun
     dc, manager = mesh
     if not getattr(model.config, "base_model_ep_plan", None):
         raise ValueError(f"ep: model_type {model.config.model_type!r} has no base_model_ep_plan in transformers")
@@ -133,9 +134,9 @@ def setup_ep(model, mesh, precision, **_):
         model = type(model).maybe_distribute_model(model, dc, manager)
     params = [p for p in model.parameters() if p.requires_grad]
     experts = [n for n, m in model.named_modules() if getattr(m, "_is_expert_parallel", False)]
-    run = _Run(model, params, forward=lambda ids: model(input_ids=ids, labels=ids, use_cache=False).loss,
-               tracker="fsdp", fsdp=True, autocast=False,
+    run = DistRun(model, params, forward=lambda ids: model(input_ids=ids, labels=ids, use_cache=False).loss,
+               tracker="fsdp", autocast=False,
                meta={"distributed_config": dc.to_dict(), "expert_modules": len(experts),
                      "ep_routing": "uniform (emulated split sizes, see memlib.measure.expert_parallel)"})
-    _fsdp_instrumentation(run, model)
+    fsdp_instrumentation(run, model)
     return run

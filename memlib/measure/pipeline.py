@@ -92,7 +92,7 @@ def setup_pp(model, stages: int, rank: int, precision: str, *, microbatches: int
     """Cut ``model`` down to stage ``rank`` of ``stages``, build its schedule; return a bench run."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-    from .parallel import _Run
+    from .dist_run import DistRun
 
     layers = decoder_layers(model)
     n = len(layers)
@@ -174,7 +174,7 @@ def setup_pp(model, stages: int, rank: int, precision: str, *, microbatches: int
             for meth in saved:
                 delattr(stage, meth)
 
-    run = _Run(mod, params, step_fn=step_fn, tracker="plain", autocast=False,
+    run = DistRun(mod, params, step_fn=step_fn, tracker="plain", autocast=False,
                meta={"stage": rank, "stages": stages, "layers": [lo, hi], "first_stage": first,
                      "last_stage": last, "tied_head_copy": tied and last and not first,
                      "schedule_class": sched_cls.__name__,

@@ -36,9 +36,12 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
-__all__ = ["decoder_layers", "apply_tp", "TP_STYLES"]
+from .dist_run import DistRun
+
+__all__ = ["decoder_layers", "apply_tp", "shard_shapes", "setup_tp", "setup_tp_sp", "TP_STYLES"]
 
 TP_STYLES = ("colwise", "rowwise", "colwise_gather_output", "rowwise_split_input")
 
@@ -141,3 +144,43 @@ def shard_shapes(model) -> dict:
             out[n] = (tuple(p.shape), tuple(p._local_tensor.shape))
     return out
 
+
+# -- the tp and tp_sp scenarios ---------------------------------------------------------------
+def setup_tp(model, mesh, precision, sp=False, **_):
+    """tp: the architecture's ``base_model_tp_plan`` with ``parallelize_module`` (no SP).
+
+    Per decoder layer: ``colwise`` -> ``ColwiseParallel()``, ``rowwise`` ->
+    ``RowwiseParallel()`` (``colwise_gather_output`` / ``rowwise_split_input``, the fused-QKV
+    styles, -> ``ColwiseParallel(output_layouts=Replicate())`` /
+    ``RowwiseParallel(input_layouts=Replicate())``); every other entry and every norm stays
+    replicated.  ``embed_tokens``: ``RowwiseParallel(input_layouts=Replicate())`` (vocabulary
+    rows sharded, output all-reduced); ``lm_head``: ``ColwiseParallel(output_layouts=Replicate())``
+    (vocabulary rows sharded, logits all-gathered whole); a tied head keeps sharing the
+    embedding's shard.  Activations between blocks are whole (b, s, h) on every rank.
+    Mixed precision: fp32 model, autocast around the forward.  ``position_ids`` are passed
+    explicitly (``arange(s)``).  See :func:`apply_tp`.
+    """
+    plan = apply_tp(model, mesh, sp=sp)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def forward(ids):
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        return model(input_ids=ids, labels=ids, position_ids=pos, use_cache=False).loss
+    return DistRun(model, params, forward=forward, tracker="plain", autocast=precision == "mixed",
+                meta={"tp_plan": plan})
+
+
+def setup_tp_sp(model, mesh, precision, **_):
+    """tp_sp: tp plus sequence parallelism (torchtitan's layout).
+
+    As tp, plus: ``SequenceParallel()`` on every norm that is a direct child of a decoder
+    layer and on the final norm; ``PrepareModuleInput`` ``Shard(1) -> Replicate()`` (an
+    all-gather over the sequence) on the attention block (its ``hidden_states`` keyword) and on
+    the MLP; ``rowwise`` layers ``RowwiseParallel(output_layouts=Shard(1))`` (reduce-scatter);
+    ``embed_tokens`` ``RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))``;
+    ``lm_head`` ``ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())`` (no
+    loss parallelism: the logits are whole).  The residual stream and the norms' inputs and
+    outputs are ``(b, s / W, h)``.
+    """
+    run = setup_tp(model, mesh, precision, sp=True)
+    return run
