@@ -137,6 +137,43 @@ def _label(p):
     return p["scenario"]
 
 
+_PIECES: dict = {}
+
+
+def _pieces(model):
+    """Parameter counts of a model's FSDP units, from memlib's count of its config: embedding,
+    head, final norm (the root unit) and one decoder layer."""
+    if model not in _PIECES:
+        import memlib
+        from memlib.params import count_params
+        c = dict(count_params(model).components)
+        spec = memlib.load_spec(model)
+        emb, head, norm = c.get("embeddings", 0), c.get("lm_head", 0), spec.hidden_size
+        rest = sum(c.values()) - emb - head - norm
+        _PIECES[model] = {"embed": emb, "head": head, "norm": norm, "layer": rest // spec.num_layers,
+                          "layers": spec.num_layers, "exact": rest % spec.num_layers == 0}
+    return _PIECES[model]
+
+
+def explain_fsdp(model, nbytes):
+    """``nbytes`` as ``embed/head/norm + k layers`` of the model in bf16 (2 B) or fp32 (4 B), or None."""
+    pc = _pieces(model)
+    if not pc["exact"] or nbytes <= 0:
+        return None
+    for size in (2, 4):
+        if nbytes % size:
+            continue
+        n = nbytes // size
+        for a, b, c in itertools.product((0, 1), repeat=3):
+            rest = n - a * pc["embed"] - b * pc["head"] - c * pc["norm"]
+            if rest >= 0 and rest % pc["layer"] == 0 and rest // pc["layer"] <= pc["layers"]:
+                k = rest // pc["layer"]
+                parts = [name for name, f in (("embed", a), ("head", b), ("norm", c)) if f]
+                parts += [f"{k} layer{'s' if k > 1 else ''}"] if k else []
+                return " + ".join(parts) + f" ({'bf16' if size == 2 else 'fp32'})"
+    return None
+
+
 def summary():
     """Rewrite ``parallel.md``: the MemTracker agreement per scenario, then one row per point."""
     rows = load()
@@ -188,6 +225,22 @@ def summary():
         cc = m.get("crosscheck")
         lines.append(f"{head} {gib(m['train_peak'])} | {m['peak_phase']} | {phases} | {comps} | "
                      f"{cc['diff_bytes'] if cc else ''} | {m.get('seconds', '')} |")
+    lines += ["", "## What FSDP2 holds at the peak", "",
+              "The FSDP2 components at each zero2/zero3/ep point's peak, written as the model's own FSDP units:",
+              "`embed`, `head` and `norm` (the root unit) and decoder `layer`s, in bf16 or fp32 bytes, when the",
+              "bytes match such a sum exactly (units counted by `memlib.params.count_params` from the config;",
+              "a blank means no exact match, e.g. part of a layer).  UP unsharded parameters, AG all-gather",
+              "buffers, UG unsharded gradients, RS reduce-scatter buffers.", "",
+              "| model | scenario | W | prec | phase | UP | AG | UG | RS |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in ok:
+        p, m = r["point"], r["measured"]
+        if p["scenario"] not in ("zero2", "zero3", "ep"):
+            continue
+        c = m["components_at_peak"]
+        cells = [explain_fsdp(p["model"], c[k]) or "" if c.get(k) else "0" for k in
+                 ("unsharded_params", "fsdp_all_gather", "unsharded_grads", "fsdp_reduce_scatter")]
+        lines.append(f"| {p['model']} | {p['scenario']} | {p['world_size']} | {p['precision']} | {m['peak_phase']} | "
+                     + " | ".join(cells) + " |")
     lines += ["", f"Measuring time: {total_s / 3600:.2f} h in all (sum of per-point seconds, "
                   f"on a shared 2-core machine).", ""]
     if errors:
