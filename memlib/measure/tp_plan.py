@@ -19,7 +19,7 @@ anything else            replicated: the module keeps whole parameters on every 
 ======================== ===================================================================
 
 A rule whose module is not an ``nn.Linear`` (e.g. a 3-D expert parameter) is replicated
-too.  Outside the layers: ``embed_tokens`` gets ``RowwiseParallel(input_layouts=Replicate())``
+too; rules are matched layer by layer (dense and MoE layers may differ).  Outside the layers: ``embed_tokens`` gets ``RowwiseParallel(input_layouts=Replicate())``
 (the vocabulary-parallel embedding: each rank holds ``vocab / tp`` rows), and ``lm_head``
 ``ColwiseParallel(output_layouts=Replicate())`` (each rank holds ``vocab / tp`` rows; the
 logits are all-gathered whole for the loss).  A tied ``lm_head`` keeps sharing the
@@ -29,7 +29,9 @@ embedding's sharded weight.  Final and per-layer norms stay replicated.
 direct child of a decoder layer, and the final norm, gets ``SequenceParallel()`` (input and
 output sharded on the sequence, dim 1); the attention and MLP blocks get
 ``PrepareModuleInput`` from ``Shard(1)`` to ``Replicate()`` (an all-gather of the sequence);
-``rowwise`` layers reduce-scatter to ``Shard(1)``; the embedding outputs ``Shard(1)`` and
+``rowwise`` layers reduce-scatter to ``Shard(1)``; a block with no rowwise layer (an MoE block
+whose experts this plan leaves replicated) gets ``PrepareModuleInputOutput`` whose output
+goes from ``Replicate()`` back to ``Shard(1)`` (a local slice); the embedding outputs ``Shard(1)`` and
 ``lm_head`` takes ``Shard(1)`` input.  Between blocks the residual stream is ``s / tp`` tokens.
 """
 from __future__ import annotations
@@ -67,8 +69,8 @@ def apply_tp(model, mesh, sp: bool = False) -> dict:
     (module names relative to a decoder layer).  ``ValueError`` if the architecture has no plan.
     """
     from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
-                                                   SequenceParallel, parallelize_module)
+    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleInputOutput,
+                                                   RowwiseParallel, SequenceParallel, parallelize_module)
 
     plan = getattr(type(model.config), "base_model_tp_plan", None) or getattr(model.config, "base_model_tp_plan", None)
     if not plan:
@@ -76,18 +78,8 @@ def apply_tp(model, mesh, sp: bool = False) -> dict:
     seq = Shard(1)
     rep_out = seq if sp else Replicate()
     layers = decoder_layers(model)
-    sharded, replicated = {}, {}
-    for key, style in plan.items():
-        m = re.fullmatch(r"layers\.\*\.(.+)", key)
-        if not m:
-            replicated[key] = style
-            continue
-        sub = m.group(1)
-        target = layers[0].get_submodule(sub) if _has(layers[0], sub) else None
-        if style in TP_STYLES and isinstance(target, nn.Linear):
-            sharded[sub] = style
-        else:
-            replicated[key] = style if target is not None else f"{style} (no such module)"
+    rules = {m.group(1): style for key, style in plan.items()   # sub-module of a layer -> plan style
+             if (m := re.fullmatch(r"layers\.\*\.(.+)", key))}
 
     def style_of(name):
         return {"colwise": lambda: ColwiseParallel(),
@@ -96,21 +88,38 @@ def apply_tp(model, mesh, sp: bool = False) -> dict:
                 "rowwise_split_input": lambda: RowwiseParallel(input_layouts=Replicate(), output_layouts=rep_out),
                 }[name]()
 
-    sp_norms = _layer_norms(layers[0]) if sp else []
+    sharded, replicated = {}, {k: v for k, v in plan.items() if not re.fullmatch(r"layers\.\*\..+", k)}
     for layer in layers:
-        lp = {sub: style_of(st) for sub, st in sharded.items()}
+        mine = {sub: st for sub, st in rules.items()
+                if st in TP_STYLES and _has(layer, sub) and isinstance(layer.get_submodule(sub), nn.Linear)}
+        sharded.update(mine)
+        lp = {sub: style_of(st) for sub, st in mine.items()}
         if sp:
             for n in _layer_norms(layer):
                 lp[n] = SequenceParallel(use_local_output=True)
-            attn = "self_attn" if hasattr(layer, "self_attn") else None
-            if attn:
-                lp[attn] = PrepareModuleInput(input_kwarg_layouts={"hidden_states": seq},
-                                              desired_input_kwarg_layouts={"hidden_states": Replicate()},
-                                              use_local_output=True)
-            if hasattr(layer, "mlp"):
-                lp["mlp"] = PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),),
-                                               use_local_output=True)
+            for block, kw in (("self_attn", True), ("mlp", False)):
+                if not hasattr(layer, block):
+                    continue
+                # a block whose output leaves through a rowwise layer is reduce-scattered back to
+                # Shard(1) by it; a replicated block (e.g. MoE experts, left whole by this plan)
+                # returns the whole sequence, which is cut back to this rank's Shard(1) (no comm)
+                reduced = any(k.startswith(block + ".") and v in ("rowwise", "rowwise_split_input")
+                              for k, v in mine.items())
+                inp = ({"input_kwarg_layouts": {"hidden_states": seq},
+                        "desired_input_kwarg_layouts": {"hidden_states": Replicate()}} if kw else
+                       {"input_layouts": (seq,), "desired_input_layouts": (Replicate(),)})
+                if reduced:
+                    lp[block] = PrepareModuleInput(**inp, use_local_output=True)
+                else:
+                    lp[block] = PrepareModuleInputOutput(**inp, use_local_input=True, output_layouts=(Replicate(),),
+                                                         desired_output_layouts=(seq,), use_local_output=True)
         parallelize_module(layer, mesh, lp)
+    sp_norms = _layer_norms(layers[0]) if sp else []
+    for sub, st in rules.items():
+        if sub not in sharded:
+            where = ("" if any(_has(layer, sub) for layer in layers) else
+                     " (a parameter)" if any(_has_param(layer, sub) for layer in layers) else " (no such module)")
+            replicated[f"layers.*.{sub}"] = st + where
 
     base = model.base_model
     top = {"embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=rep_out)}
@@ -130,6 +139,14 @@ def apply_tp(model, mesh, sp: bool = False) -> dict:
 def _has(module, name) -> bool:
     try:
         module.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def _has_param(module, name) -> bool:
+    try:
+        module.get_parameter(name)
         return True
     except AttributeError:
         return False
