@@ -155,12 +155,15 @@ def _pieces(model):
     return _PIECES[model]
 
 
-def explain_fsdp(model, nbytes):
-    """``nbytes`` as ``embed/head/norm + k layers`` of the model in bf16 (2 B) or fp32 (4 B), or None."""
+def explain_fsdp(model, nbytes, sizes=(2, 4)):
+    """``nbytes`` as ``embed/head/norm + k layers`` of the model in bf16 (2 B) or fp32 (4 B), or None.
+
+    ``sizes``: the element sizes to try, in order (the first exact match wins).
+    """
     pc = _pieces(model)
     if not pc["exact"] or nbytes <= 0:
         return None
-    for size in (2, 4):
+    for size in sizes:
         if nbytes % size:
             continue
         n = nbytes // size
@@ -237,7 +240,9 @@ def summary():
         if p["scenario"] not in ("zero2", "zero3", "ep"):
             continue
         c = m["components_at_peak"]
-        cells = [explain_fsdp(p["model"], c[k]) or "" if c.get(k) else "0" for k in
+        # mixed precision reduces in fp32: try fp32 first for the reduce-scatter buffers
+        order = {"fsdp_reduce_scatter": (4, 2) if p["precision"] == "mixed" else (2, 4)}
+        cells = [explain_fsdp(p["model"], c[k], order.get(k, (2, 4))) or "" if c.get(k) else "0" for k in
                  ("unsharded_params", "fsdp_all_gather", "unsharded_grads", "fsdp_reduce_scatter")]
         lines.append(f"| {p['model']} | {p['scenario']} | {p['world_size']} | {p['precision']} | {m['peak_phase']} | "
                      + " | ".join(cells) + " |")
