@@ -176,16 +176,29 @@ def test_ep_uniform_split():
     assert uniform_split(10, 4) == [3, 3, 2, 2] and sum(uniform_split(4096 * 8, 8)) == 4096 * 8
 
 
+MOE = {"model_type": "qwen3_moe", "hidden_size": H, "intermediate_size": INTER, "moe_intermediate_size": 32,
+       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+       "vocab_size": V, "max_position_embeddings": 256, "num_experts": 8, "num_experts_per_tok": 2,
+       "decoder_sparse_step": 1, "mlp_only_layers": [], "tie_word_embeddings": False}
+MOE_EXPERTS = 8 * (2 * 32 * H + H * 32)                   # gate_up + down, per layer
+MOE_ATTN = H * H + 2 * H * 32 + H * H                     # q, k, v, o (4 heads x 16, 2 kv heads x 16)
+MOE_SMALL = 2 * 16 + 8 * H + 2 * H                        # q/k norms, router, two layer norms
+
+
 def test_ep_experts_are_split():
-    moe = {"model_type": "qwen3_moe", "hidden_size": H, "intermediate_size": INTER, "moe_intermediate_size": 32,
-           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-           "vocab_size": V, "max_position_embeddings": 256, "num_experts": 8, "num_experts_per_tok": 2,
-           "decoder_sparse_step": 1, "mlp_only_layers": [], "tie_word_embeddings": False}
-    r = measure_parallel_train(moe, "ep", W, B, S, "bf16")
+    r = measure_parallel_train(MOE, "ep", W, B, S, "bf16")
     assert r.meta["crosscheck"]["diff_bytes"] == 0
-    experts = 8 * (2 * 32 * H + H * 32)                      # gate_up + down per layer
-    dense = (H * H + 2 * H * 32 + H * H) + 2 * 16 + 8 * H + 2 * H    # attention, q/k norms, router, norms
-    local = 2 * (experts // W + dense // W) + (2 * EMBED + H) // W
+    # experts split over the EP ranks, everything else FSDP-sharded over the same W ranks
+    local = 2 * (MOE_EXPERTS // W + (MOE_ATTN + MOE_SMALL) // W) + (2 * EMBED + H) // W
+    assert r.meta["held"]["params_numel"] == local
+
+
+def test_moe_tp_sp_leaves_experts_whole():
+    r = measure_parallel_train(MOE, "tp_sp", W, B, S, "bf16")
+    assert r.meta["crosscheck"]["diff_bytes"] == 0
+    assert r.meta["tp_plan"]["replicated"]["layers.*.mlp.experts"] == "moe_tp_experts"
+    # attention sharded; experts, router and norms whole; vocabulary sharded
+    local = 2 * (MOE_ATTN // W + MOE_EXPERTS + MOE_SMALL) + 2 * EMBED // W + H
     assert r.meta["held"]["params_numel"] == local
 
 
