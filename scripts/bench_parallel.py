@@ -1,15 +1,17 @@
 """Measure chapter 05's parallel validation matrix with the distributed bench and cache it as data.
 
-    nice -n 10 python scripts/bench_parallel.py [--jobs 1] [--models A,B] [--scenarios zero3,tp]
-                                                [--worlds 2,4,8] [--limit N] [--dry-run]
+    nice -n 10 python scripts/bench_parallel.py [--jobs 2] [--models A,B] [--scenarios zero3,tp]
+                      [--worlds 2,4,8] [--precisions bf16,mixed] [--crosscheck w2|all|none]
+                      [--limit N] [--dry-run] [--out PATH]
     python scripts/bench_parallel.py --summary      # rewrite data/bench/parallel.md from the jsonl
 
 Every point is one training step of one rank, measured by
-:func:`memlib.measure.parallel.measure_parallel_train` (fake process group, fake tensors,
-cross-checked against PyTorch's MemTracker / FSDPMemTracker), run in its own process and
-appended to ``data/bench/parallel.jsonl`` with its versions.  Points already there (with or
-without an error) are skipped, so the script resumes; delete the file (or the lines) to
-re-measure.  A point that fails is recorded with its error, never dropped.
+:func:`memlib.measure.parallel.measure_parallel_train` (fake process group, fake tensors;
+PyTorch's MemTracker / FSDPMemTracker alongside on the W=2 points by default), in a worker
+process, and appended to ``data/bench/parallel.jsonl`` with its versions.  Points already
+there (with or without an error) are skipped, so the script resumes; delete the file (or
+the lines of the points to redo) to re-measure.  A point that fails is recorded with its
+error, never dropped.  ``--out`` writes elsewhere (e.g. extra cross-checks at W=8).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ POINT_KEYS = ("model", "scenario", "world_size", "precision", "batch_size", "seq
               "schedule", "rank")
 
 
-def points(models, scenarios, worlds):
+def points(models, scenarios, worlds, precisions=PRECISIONS):
     """The matrix, in two tiers so that an interrupted sweep still covers issue 11's core matrix.
 
     Tier 1 (every model, W, precision): zero3, zero2, tp, tp_sp and the first pipeline stage of
@@ -47,7 +49,7 @@ def points(models, scenarios, worlds):
     micro-batches.  Within a tier, points go round-robin over the models.
     """
     tiers = ([], [])
-    for m, w, prec in itertools.product(models, worlds, PRECISIONS):
+    for m, w, prec in itertools.product(models, worlds, precisions):
         base = {"model": m, "world_size": w, "precision": prec, "batch_size": BATCH, "seq_len": SEQ,
                 "microbatches": None, "schedule": None, "rank": 0}
         for sc in scenarios:
@@ -114,10 +116,11 @@ def run_point(p, crosscheck="w2"):
     return p, res
 
 
-def load():
-    if not OUT.exists():
+def load(path=OUT):
+    path = Path(path)
+    if not path.exists():
         return []
-    return [json.loads(line) for line in OUT.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def gib(b):
@@ -269,13 +272,17 @@ def main():
                     help="run PyTorch's MemTracker alongside: on W=2 points (default), all, or none")
     ap.add_argument("--dry-run", action="store_true", help="list the points still to measure")
     ap.add_argument("--summary", action="store_true", help="only rewrite parallel.md")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--out", default=str(OUT), help="the jsonl to append to (and to resume from)")
     args = ap.parse_args()
     if args.summary:
         summary()
         return
-    done = {key(r["point"]) for r in load()}
+    out = Path(args.out)
+    done = {key(r["point"]) for r in load(out)}
     todo = [p for p in points(args.models.split(","), args.scenarios.split(","),
-                              [int(w) for w in args.worlds.split(",")]) if key(p) not in done]
+                              [int(w) for w in args.worlds.split(",")], args.precisions.split(","))
+            if key(p) not in done]
     if args.limit:
         todo = todo[:args.limit]
     print(f"{len(todo)} points to measure", file=sys.stderr)
@@ -283,20 +290,21 @@ def main():
         for p in todo:
             print(key(p))
         return
-    OUT.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     import functools
     work = functools.partial(run_point, crosscheck=args.crosscheck)
     # a worker measures up to 10 points (imports cost ~20 s); each point builds its own fake world
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=10) as pool:
         for i, (p, res) in enumerate(pool.imap_unordered(work, todo), 1):
-            with open(OUT, "a") as f:
+            with open(out, "a") as f:
                 f.write(json.dumps({"point": p, "measured": res}, sort_keys=True) + "\n")
             peak = res.get("train_peak")
             cc = (res.get("crosscheck") or {}).get("diff_bytes")
             print(f"[{i}/{len(todo)}] {key(p)} peak={peak} cc_diff={cc} {res.get('error', '')[:200]} "
                   f"{res['seconds']}s (elapsed {time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-    summary()
+    if out == OUT:
+        summary()
 
 
 if __name__ == "__main__":
