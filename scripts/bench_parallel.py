@@ -110,7 +110,12 @@ def run_point(p, crosscheck="w2"):
             if m.get(k) is not None:
                 res[k] = m[k]
     except Exception as e:  # recorded, so the table says why a point is missing
+        root = e
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
         res = {"error": f"{type(e).__name__}: {e}"[:600]}
+        if root is not e:
+            res["error_root"] = f"{type(root).__name__}: {root}"[:600]
     res["torch"], res["transformers"] = torch.__version__, transformers.__version__
     res["seconds"] = round(time.perf_counter() - t, 1)
     return p, res
@@ -255,8 +260,9 @@ def summary():
         lines += ["## Points that did not run", ""]
         for r in errors:
             p = r["point"]
+            err = r["measured"].get("error_root") or r["measured"]["error"]
             lines.append(f"- {p['model']} {_label(p)} W={p['world_size']} {p['precision']}: "
-                         f"`{r['measured']['error'][:300]}`")
+                         f"`{' '.join(err.split())[:300]}`")
     SUMMARY.write_text("\n".join(lines) + "\n")
     print(f"wrote {SUMMARY} ({len(rows)} points, {len(errors)} errors)", file=sys.stderr)
 
