@@ -75,6 +75,7 @@ class LayerFacts:
     full: dict          # moe -> everything one layer saves while it runs (its forward transient)
     head_grads: int     # gradients of lm_head and the final norm, alive through the layers' backward
     flowing: object     # the gradient passed from layer to layer
+    hidden: object = 0  # hidden states alive between two layers of the forward (the layer's input, the embedding output)
 
 
 def fsdp_marks(marks, u: FsdpUnits, first: int, end: int, moe_layers, facts: LayerFacts,
@@ -106,7 +107,7 @@ def fsdp_marks(marks, u: FsdpUnits, first: int, end: int, moe_layers, facts: Lay
         ph, lab, i = mk.phase, mk.label, mk.layer
         if ph == "forward" and i is not None:
             m = moe_layers[i]
-            between = mk.transient - facts.full[m]          # alive between layers (a causal mask)
+            between = mk.transient - facts.full[m] + facts.hidden   # alive between layers (hidden states, a mask)
             for j in sorted({run_start, min(run_start + 1, i), i}):
                 prev = u.root_gathered if j == first else u.gathered[j - 1]
                 out.append(RankMark("forward", f"layer {j} unshard", {

@@ -81,7 +81,7 @@ class Plan:
         if self.pp == 1 and self.microbatches != 1:
             raise ValueError(f"microbatches: pipeline micro-batches need pp > 1 (got microbatches="
                              f"{self.microbatches} with pp=1; use grad_accum for accumulation)")
-        if self.offload in ("params", "both") and self.zero < 2 and self.dp > 1:
+        if self.offload in ("params", "both") and self.zero < 2:
             raise ValueError(f"offload: {self.offload!r} offloads the parameter shards of FSDP2; needs zero=2 or 3")
 
     @property

@@ -70,8 +70,11 @@ def _is_cached(name: str, block: str) -> bool:
 
 def rank_memory(model, batch_size, seq_len, plan: Plan, precision: str = "bf16", optimizer: str = "adamw",
                 recompute: str = "none", attention: str = "sdpa", optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL,
-                stage: int = 0, grad_accum: int = 1, _bench: BenchSettings | None = None) -> Breakdown:
+                stage: int = 0, grad_accum: int = 1, rank: int = 0, _bench: BenchSettings | None = None) -> Breakdown:
     """Peak memory of rank 0 of pipeline stage ``stage`` under ``plan`` (chapter 05).
+
+    ``rank`` picks another data-parallel rank, which differs from rank 0 only under ZeRO-1
+    (its own whole tensors' optimizer state).
 
     ``peak = max over the step's moments of Σ components`` (module docstring for what is
     counted); ``batch_size`` is per rank and per micro-batch.  Returns the one Breakdown
@@ -104,7 +107,7 @@ def rank_memory(model, batch_size, seq_len, plan: Plan, precision: str = "bf16",
     tp, sp = plan.tp, plan.sp
     tensors = rank_tensors(spec, tp, plan.ep, plan.dp if fsdp else 1, plan.pp, stage)
     x = _inputs(spec, sc, x0, plan, tensors, m, c, fsdp, mixed, first, end, has_emb, has_head, optimizer,
-                optimizer_impl)
+                optimizer_impl, rank)
     marks, saved = step_timeline(spec, sc, x, recompute, grad_accum)
     kept = {k: kept_per_layer(sc, spec, d, recompute) for k, d in x.layers.items()}
     full = {k: total_bytes(d) for k, d in x.layers.items()}
@@ -112,7 +115,10 @@ def rank_memory(model, batch_size, seq_len, plan: Plan, precision: str = "bf16",
 
     def decorate(step_marks):
         if fsdp:
-            facts = LayerFacts(kept, full, x.grads_head if has_head else 0, x.flowing)
+            # between two layers of the forward: the next layer's input and, on the stage that embeds,
+            # the embedding's output (the model's forward holds it to the end)
+            hidden = sc.residual_bytes * sc.tokens * spec.hidden_size * (2 if has_emb else 1)
+            facts = LayerFacts(kept, full, x.grads_head if has_head else 0, x.flowing, hidden)
             runs = _runs_of(spec.moe_layers, first, end)
             step_marks = interpolate_layers(step_marks, {j for a, b in runs for j in (a + 1, b - 2)})
             out = fsdp_marks(step_marks, units, first, end, spec.moe_layers, facts, bench.holds_unsharded_grads)
@@ -146,7 +152,7 @@ def rank_memory(model, batch_size, seq_len, plan: Plan, precision: str = "bf16",
                                 plan.pp, plan.microbatches, stage)
     if plan.cp > 1:
         from .context import cp_marks
-        rmarks = cp_marks(spec, sc, plan, rmarks)
+        rmarks = cp_marks(spec, sc, plan, rmarks, seq_len)
     if plan.ep > 1:
         from .experts import ep_marks
         rmarks = ep_marks(spec, sc, plan, rmarks)
@@ -160,13 +166,14 @@ def rank_memory(model, batch_size, seq_len, plan: Plan, precision: str = "bf16",
             "recompute": recompute, "attention": attention_used(spec, attention), "world_size": plan.world_size,
             "host": host, "activations_saved": saved,
             "held_params": sum(t.held for t in tensors)}
-    title = (f"{spec.name}, {plan.label()}, rank 0{f' of stage {stage}' if plan.pp > 1 else ''}: "
+    title = (f"{spec.name}, {plan.label()}, rank {rank}{f' of stage {stage}' if plan.pp > 1 else ''}: "
              f"b={batch_size} s={seq_len} {precision}")
-    return summarize(rmarks, title, meta, label=f"stage {stage}" if plan.pp > 1 else "rank 0")
+    return summarize(rmarks, title, meta, label=f"stage {stage}" if plan.pp > 1 else f"rank {rank}")
 
 
 def _inputs(spec: ModelSpec, sc, x0: StepInputs, plan: Plan, tensors, m: int, c: int, fsdp: bool, mixed: bool,
-            first: int, end: int, has_emb: bool, has_head: bool, optimizer: str, optimizer_impl: str) -> StepInputs:
+            first: int, end: int, has_emb: bool, has_head: bool, optimizer: str, optimizer_impl: str,
+            rank: int = 0) -> StepInputs:
     """One rank's :class:`StepInputs`: its tensors' bytes, its saved records (module docstring)."""
     tp, sp = plan.tp, plan.sp
     tied_here = spec.tie_word_embeddings and has_emb and has_head
@@ -209,7 +216,7 @@ def _inputs(spec: ModelSpec, sc, x0: StepInputs, plan: Plan, tensors, m: int, c:
     cache = cache_head + sum(cache_attn[spec.moe_layers[i]] + cache_mlp[spec.moe_layers[i]] for i in range(first, end))
     # the optimizer: ZeRO-1 keeps state for rank 0's whole tensors only
     if plan.zero == 1:
-        mine = zero1_partition([t.numel for t in tensors], plan.dp)
+        mine = zero1_partition([t.numel for t in tensors], plan.dp, rank)
         opt_tensors = [tensors[i] for i in mine]
     else:
         opt_tensors = list(tensors)

@@ -94,11 +94,11 @@ def _local(spec: ModelSpec, p: Param, layer, tp: int, ep: int, fsdp_dp: int) -> 
     return Local(p, layer, rows, cols, shard, dp)
 
 
-def zero1_partition(sizes: list[int], world: int) -> list[int]:
-    """Indices of the tensors ``ZeroRedundancyOptimizer`` gives rank 0 (chapter 05).
+def zero1_partition(sizes: list[int], world: int, rank: int = 0) -> list[int]:
+    """Indices of the tensors ``ZeroRedundancyOptimizer`` gives ``rank`` (chapter 05).
 
     PyTorch sorts the tensors by size, largest first (a stable sort), and gives each to the
-    rank with the fewest elements so far (the lowest rank on ties).  Returns rank 0's
+    rank with the fewest elements so far (the lowest rank on ties).  Returns ``rank``'s
     indices in that sorted order (the order its local optimizer walks them).
     """
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
@@ -107,7 +107,7 @@ def zero1_partition(sizes: list[int], world: int) -> list[int]:
     for i in order:
         r = min(range(world), key=lambda k: (totals[k], k))
         totals[r] += sizes[i]
-        if r == 0:
+        if r == rank:
             mine.append(i)
     return mine
 
