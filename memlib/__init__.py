@@ -10,6 +10,8 @@ The core imports only numpy.  Plotting (matplotlib), widgets (ipywidgets) and th
     1073741824
     >>> memlib.train_memory("Llama-3.1-8B", batch_size=1, seq_len=2048).peak_phase
     'step'
+    >>> memlib.parallel_train_memory("Llama-3.1-8B", 1, 2048, dp=8, zero=3).peak_phase
+    'backward'
     >>> b = memlib.vllm_budget("Qwen3-8B", "A100-40GB", max_model_len=40960, vllm_version="0.9.2",
     ...                        sampler="sort")     # vLLM 0.9.2 printed "num_gpu_blocks is: 8505"
     >>> abs(b.meta["num_blocks"] - 8505) / 8505 < 0.01
@@ -32,6 +34,7 @@ from .serving import (draft_model_cost, kv_bytes_per_request, lora_slot_bytes, m
 from .vllm import gpus_needed, vllm_budget
 from .rl import rl_memory, rollout_memory
 from .hardware import GPU_TABLE, GPUS, get_gpu, gpu_bytes
+from .parallel import Plan, parallel_train_memory, plan
 
 __version__ = "0.1.0"
 
@@ -59,5 +62,5 @@ __all__ = ["Breakdown", "combine", "KINDS", "Scenario", "Stage", *_spec.__all__,
            "serving_breakdown", "inference_memory", "train_memory", "state_bytes", "lora_memory", "lora_fit",
            "lora_params", "weights_per_gpu", "kv_bytes_per_request", "prefix_cache_kv", "preemption_cost",
            "draft_model_cost", "lora_slot_bytes", "vllm_budget", "gpus_needed", "rl_memory", "rollout_memory",
-           "GPUS", "GPU_TABLE", "get_gpu",
+           "Plan", "parallel_train_memory", "plan", "GPUS", "GPU_TABLE", "get_gpu",
            "gpu_bytes", "fmt_bytes", "GiB", "GB", *_LAZY]

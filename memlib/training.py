@@ -542,7 +542,8 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
         opt = optimizer_state_bytes(spec, optimizer, state_bytes=p) * n // total_params(spec)
     sizes = param_sizes(spec)
     if not whole:      # the stage's share of the whole model's step temporaries (foreach: exact)
-        sizes = tuple(v * weights // (total_params(spec) * p) for v in sizes)
+        all_bytes = total_params(spec) * p
+        sizes = tuple(v * weights // all_bytes for v in sizes)
     inputs = StepInputs(
         weights=weights, optimizer=opt,
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,

@@ -12,9 +12,10 @@ One concept per module: :mod:`~memlib.parallel.tensors` (every parameter tensor)
 :mod:`~memlib.parallel.memory` (the entry point), :mod:`~memlib.parallel.planner`.
 """
 from .memory import make_plan, parallel_train_memory
+from .planner import Layout, PlanResult, parse_gpus, plan
 from .plan import OFFLOADS, SCHEDULES, ZERO_STAGES, Plan
 from .rank import rank_memory
 from .timeline import COMPONENT_DOCS, COMPONENTS
 
-__all__ = ["Plan", "parallel_train_memory", "rank_memory", "make_plan", "COMPONENTS", "COMPONENT_DOCS",
+__all__ = ["Plan", "parallel_train_memory", "plan", "Layout", "PlanResult", "parse_gpus", "rank_memory", "make_plan", "COMPONENTS", "COMPONENT_DOCS",
            "SCHEDULES", "OFFLOADS", "ZERO_STAGES"]

@@ -48,23 +48,17 @@ class FsdpUnits:
     resharded: bool     # reshard_after_forward (zero=3)
 
 
-def fsdp_units(tensors, first: int, end: int, c: int, reduce_bytes: int, grad_bytes: int,
+def fsdp_units(per: dict, root, kinds, first: int, end: int, c: int, reduce_bytes: int, grad_bytes: int,
                resharded: bool) -> FsdpUnits:
-    """The per-unit sizes of a rank's tensors (:func:`memlib.parallel.state.rank_tensors`)."""
-    g, r, s, w = ({i: 0 for i in range(first, end)} for _ in range(4))
-    rg = rr = rs = rw = 0
-    for t in tensors:
-        if t.layer is None:
-            rg += t.padded * c
-            rr += t.padded * reduce_bytes
-            rs += t.held * grad_bytes
-            rw += t.numel * c
-        else:
-            g[t.layer] += t.padded * c
-            r[t.layer] += t.padded * reduce_bytes
-            s[t.layer] += t.held * grad_bytes
-            w[t.layer] += t.numel * c
-    return FsdpUnits(g, r, s, w, rg, rr, rs, rw, resharded)
+    """The per-unit sizes of a rank: ``per`` maps a layer kind to one layer's tensors,
+    ``root`` lists the root unit's, ``kinds[i]`` is layer ``i``'s kind
+    (:func:`memlib.parallel.state.split_tensors`)."""
+    one = {k: (sum(t.padded for t in ts) * c, sum(t.padded for t in ts) * reduce_bytes,
+               sum(t.held for t in ts) * grad_bytes, sum(t.numel for t in ts) * c) for k, ts in per.items()}
+    layers = {i: one[kinds[i]] for i in range(first, end)}
+    return FsdpUnits(*({i: v[k] for i, v in layers.items()} for k in range(4)),
+                     sum(t.padded for t in root) * c, sum(t.padded for t in root) * reduce_bytes,
+                     sum(t.held for t in root) * grad_bytes, sum(t.numel for t in root) * c, resharded)
 
 
 @dataclass(frozen=True)
@@ -91,11 +85,22 @@ def fsdp_marks(marks, u: FsdpUnits, first: int, end: int, moe_layers, facts: Lay
     layers = range(first, end)
     has_root = bool(u.root_gathered)
 
+    prefix, acc = {first - 1: 0}, 0
+    for j in layers:
+        acc += u.gathered[j]
+        prefix[j] = acc                      # gathered parameters of layers first..j
+
     def up(lo, hi):                          # gathered parameters of layers lo..hi
-        return sum(u.gathered[j] for j in layers if lo <= j <= hi)
+        return prefix[hi] - prefix[lo - 1] if hi >= lo else 0
+
+    suffix, acc = {}, 0
+    for j in reversed(layers):
+        suffix[j] = acc                      # shards of the layers after j
+        acc += u.grad_shard[j]
+    suffix[first - 1] = acc
 
     def shards_after(i):                     # gradient shards of the layers already reduced
-        return sum(u.grad_shard[j] for j in layers if j > i)
+        return suffix[i]
 
     def layer_params(i):                     # layer parameters gathered while layer i runs
         return u.gathered[i] if u.resharded else up(first, i)

@@ -21,13 +21,14 @@ optimizer step, ``batch_size × microbatches × grad_accum × dp``.
 from __future__ import annotations
 
 from dataclasses import fields
+from functools import lru_cache
 
 from ..breakdown import Breakdown
 from ..scenario import DEFAULT_OPTIMIZER_IMPL
 from ..spec import load_spec
 from .plan import Plan
 from .rank import BenchSettings, rank_memory
-from .state import rank_tensors, zero1_partition
+from .state import rank_tensors
 
 PLAN_FIELDS = tuple(f.name for f in fields(Plan))
 
@@ -81,6 +82,12 @@ def parallel_train_memory(model, batch_size, seq_len, precision: str = "bf16", o
 
 def _heaviest_zero1_rank(spec, plan: Plan) -> int:
     """The rank whose ZeroRedundancyOptimizer share is the largest (0 when it is rank 0)."""
-    sizes = [t.numel for t in rank_tensors(spec, plan.tp, plan.ep, 1, plan.pp, 0)]
-    totals = [sum(sizes[i] for i in zero1_partition(sizes, plan.dp, rank=r)) for r in range(plan.dp)]
-    return max(range(plan.dp), key=lambda r: (totals[r], -r))
+    return _heaviest(spec, plan.tp, plan.ep, plan.pp, plan.dp)
+
+
+@lru_cache(maxsize=256)
+def _heaviest(spec, tp: int, ep: int, pp: int, dp: int) -> int:
+    from .state import _partition
+    sizes = tuple(t.numel for t in rank_tensors(spec, tp, ep, 1, pp, 0))
+    totals = [sum(sizes[i] for i in part) for part in _partition(sizes, dp)]
+    return max(range(dp), key=lambda r: (totals[r], -r))

@@ -27,18 +27,18 @@ bf16 model, and gradients are reduced in fp32.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..activations import model_tensors, total_bytes
 from ..breakdown import Breakdown
 from ..scenario import DEFAULT_OPTIMIZER_IMPL, attention_used, check_seq_len
 from ..spec import ModelSpec, load_spec
-from ..training import (Stage, StepInputs, kept_per_layer, mlp_backward_extra, prepare_step, step_temporaries,
-                        step_timeline)
+from ..training import Stage, StepInputs, kept_per_layer, mlp_backward_extra, prepare_step, step_timeline
 from ..validation import choice, positive_int
 from .activations import sp_model_records, tp_records
 from .fsdp import LayerFacts, fsdp_marks, fsdp_units
 from .plan import Plan
-from .state import optimizer_bytes, rank_tensors, stage_layers, zero1_partition
+from .state import held_elements, optimizer_state, split_tensors, stage_layers
 from .timeline import RankMark, from_step_mark, interpolate_layers, summarize
 
 
@@ -100,18 +100,17 @@ def rank_memory(model, batch_size, seq_len, plan: Plan, precision: str = "bf16",
     has_emb, has_head = stage == 0, stage == plan.pp - 1
     st = None if plan.pp == 1 else Stage(first, end, has_emb, has_head)
     act_precision = "bf16" if fsdp else precision
-    spec, sc, x0 = prepare_step(spec, batch_size, seq_len // plan.cp, act_precision, optimizer, recompute, attention,
-                                grad_accum, st, bench.cpu, optimizer_impl)
+    spec, sc, x0 = _prepared(spec, batch_size, seq_len // plan.cp, act_precision, optimizer, recompute, attention,
+                             grad_accum, st, bench.cpu, optimizer_impl)
     m = 4 if mixed else 2                    # parameters, gradients, optimizer state
     c = 2                                    # what FSDP2 gathers (bf16 under both recipes)
     tp, sp = plan.tp, plan.sp
-    tensors = rank_tensors(spec, tp, plan.ep, plan.dp if fsdp else 1, plan.pp, stage)
-    x = _inputs(spec, sc, x0, plan, tensors, m, c, fsdp, mixed, first, end, has_emb, has_head, optimizer,
-                optimizer_impl, rank)
+    x = _inputs(spec, sc, x0, plan, m, c, fsdp, mixed, first, end, has_emb, has_head, optimizer,
+                optimizer_impl, rank, stage)
     marks, saved = step_timeline(spec, sc, x, recompute, grad_accum)
     kept = {k: kept_per_layer(sc, spec, d, recompute) for k, d in x.layers.items()}
     full = {k: total_bytes(d) for k, d in x.layers.items()}
-    units = fsdp_units(tensors, first, end, c, 4 if mixed else 2, m, plan.resharded) if fsdp else None
+    units = _units(spec, tp, plan.ep, plan.dp, plan.pp, stage, c, 4 if mixed else 2, m, plan.resharded) if fsdp else None
 
     def decorate(step_marks):
         if fsdp:
@@ -132,7 +131,7 @@ def rank_memory(model, batch_size, seq_len, plan: Plan, precision: str = "bf16",
             out = [mk._replace(parts=dict(mk.parts, transient=mk.parts["transient"] + extra))
                    if mk.label == "embedding" else mk for mk in out]
         if plan.dp > 1 and plan.zero < 2:      # DDP's buckets: a flat copy of every gradient, always allocated
-            buckets = sum(t.numel for t in tensors) * m
+            buckets = held_elements(spec, tp, plan.ep, 1, plan.pp, stage)[1] * m
             out = [mk._replace(parts=dict(mk.parts, ddp_buckets=buckets)) for mk in out]
         return out
 
@@ -165,30 +164,27 @@ def rank_memory(model, batch_size, seq_len, plan: Plan, precision: str = "bf16",
             "precision": precision, "optimizer": optimizer, "optimizer_impl": optimizer_impl,
             "recompute": recompute, "attention": attention_used(spec, attention), "world_size": plan.world_size,
             "host": host, "activations_saved": saved,
-            "held_params": sum(t.held for t in tensors)}
+            "held_params": held_elements(spec, tp, plan.ep, plan.dp if fsdp else 1, plan.pp, stage)[0]}
     title = (f"{spec.name}, {plan.label()}, rank {rank}{f' of stage {stage}' if plan.pp > 1 else ''}: "
              f"b={batch_size} s={seq_len} {precision}")
     return summarize(rmarks, title, meta, label=f"stage {stage}" if plan.pp > 1 else f"rank {rank}")
 
 
-def _inputs(spec: ModelSpec, sc, x0: StepInputs, plan: Plan, tensors, m: int, c: int, fsdp: bool, mixed: bool,
+def _inputs(spec: ModelSpec, sc, x0: StepInputs, plan: Plan, m: int, c: int, fsdp: bool, mixed: bool,
             first: int, end: int, has_emb: bool, has_head: bool, optimizer: str, optimizer_impl: str,
-            rank: int = 0) -> StepInputs:
+            rank: int = 0, stage: int = 0) -> StepInputs:
     """One rank's :class:`StepInputs`: its tensors' bytes, its saved records (module docstring)."""
     tp, sp = plan.tp, plan.sp
     tied_here = spec.tie_word_embeddings and has_emb and has_head
     layer_bytes = c if fsdp else m          # a layer's gradients while it is differentiated
-    per = {moe: [] for moe in x0.layers}
-    for moe in x0.layers:
-        i = next((i for i in range(first, end) if spec.moe_layers[i] == moe), None)
-        per[moe] = [t for t in tensors if i is not None and t.layer == i]
+    kinds, root = split_tensors(spec, tp, plan.ep, plan.dp if fsdp else 1, plan.pp, stage)
+    per = {moe: kinds.get(moe, ()) for moe in x0.layers}      # one layer of each kind: identical layers hold the same
     grads_per_layer = {moe: sum(t.held for t in ts) * m for moe, ts in per.items()}
     before_mlp = {moe: sum(t.numel for t in ts if t.p.part == "mlp_first") * layer_bytes for moe, ts in per.items()}
     before_attn = {moe: sum(t.numel for t in ts if t.p.part in ("mlp_first", "mlp", "o")) * layer_bytes
                    for moe, ts in per.items()}
     mlp_weight = {moe: max((t.numel for t in ts if t.p.part in ("mlp_first", "mlp") and t.cols > 1
                             and t.p.name != "router"), default=0) * layer_bytes for moe, ts in per.items()}
-    root = [t for t in tensors if t.layer is None]
     emb_matrix = next((t for t in root if t.p.name == "embed"), None)
     tied = emb_matrix.numel * layer_bytes if (tied_here and emb_matrix) else 0
     head = sum(t.numel for t in root if t.p.part in ("head", "final_norm")) * layer_bytes + tied
@@ -214,26 +210,13 @@ def _inputs(spec: ModelSpec, sc, x0: StepInputs, plan: Plan, tensors, m: int, c:
         head_t = emb_matrix
     cache_head = 2 * head_t.numel if (mixed and not fsdp and has_head and head_t is not None) else 0
     cache = cache_head + sum(cache_attn[spec.moe_layers[i]] + cache_mlp[spec.moe_layers[i]] for i in range(first, end))
-    # the optimizer: ZeRO-1 keeps state for rank 0's whole tensors only
-    if plan.zero == 1:
-        mine = zero1_partition([t.numel for t in tensors], plan.dp, rank)
-        opt_tensors = [tensors[i] for i in mine]
-    else:
-        opt_tensors = list(tensors)
-    opt = optimizer_bytes(opt_tensors, optimizer, m)
-    step_extra = step_temporaries(optimizer, optimizer_impl, [t.held for t in opt_tensors], m)
-    layers = {moe: tp_records(spec, recs, tp, sp, moe=moe, tokens=sc.tokens) for moe, recs in x0.layers.items()}
-    model_level = model_tensors(spec, sc)
-    if sp:
-        model_level = sp_model_records(model_level, tp)
-    flowing = sc.residual_bytes * sc.tokens * spec.hidden_size
-    if sp:
-        flowing = -(-flowing // tp)
-    mlp_split = tp if not spec.fused_gate_up else 1
-    mlp_extra = {moe: (mlp_backward_extra(spec, sc, moe) if moe else -(-mlp_backward_extra(spec, sc, moe) // mlp_split))
-                 for moe in layers}
+    # the optimizer: ZeRO-1 keeps state for this rank's whole tensors only
+    opt, step_extra = optimizer_state(spec, tp, plan.ep, plan.dp if fsdp else 1, plan.pp, stage,
+                                      optimizer, optimizer_impl, m, plan.dp if plan.zero == 1 else 1, rank)
+    layers, model_level, flowing, mlp_extra = _records(spec, sc, tp, sp)
     return StepInputs(
-        weights=sum(t.held for t in tensors) * m, optimizer=opt,
+        weights=held_elements(spec, tp, plan.ep, plan.dp if fsdp else 1, plan.pp, stage)[0] * m,
+        optimizer=opt,
         grads_head=head if has_head else 0, grads_per_layer=grads_per_layer, grads_before_mlp=before_mlp,
         grads_before_attention=before_attn, mlp_weight_grad=mlp_weight, grads_embedding=emb if has_emb else 0, grads_tied=tied,
         autocast_cache=cache, cache_attn=cache_attn, cache_mlp=cache_mlp, cache_head=cache_head,
@@ -249,3 +232,42 @@ def _runs_of(flags, first: int, end: int) -> list[tuple[int, int]]:
             runs.append((a, i))
             a = i
     return runs
+
+
+@lru_cache(maxsize=512)
+def _units(spec: ModelSpec, tp: int, ep: int, dp: int, pp: int, stage: int, c: int, reduce_bytes: int,
+           grad_bytes: int, resharded: bool):
+    """FSDP2's unit sizes of a rank (cached: every layout of the planner with these shards shares them)."""
+    first, end = stage_layers(spec, pp, stage)
+    per, root = split_tensors(spec, tp, ep, dp, pp, stage)
+    return fsdp_units(per, root, spec.moe_layers, first, end, c, reduce_bytes, grad_bytes, resharded)
+
+
+@lru_cache(maxsize=256)
+def _prepared(spec: ModelSpec, batch_size: int, seq_len: int, precision: str, optimizer: str, recompute: str,
+              attention: str, grad_accum: int, stage, bench_cpu: bool, optimizer_impl: str):
+    """Chapter 04's :func:`memlib.training.prepare_step` for one micro-batch of a rank (cached;
+    its result is only read)."""
+    return prepare_step(spec, batch_size, seq_len, precision, optimizer, recompute, attention, grad_accum, stage,
+                        bench_cpu, optimizer_impl)
+
+
+@lru_cache(maxsize=256)
+def _records(spec: ModelSpec, sc, tp: int, sp: bool):
+    """``(layers, model_level, flowing, mlp_extra)``: one rank's saved records per layer kind,
+    those outside the layers, the gradient passed between layers and the MLP's backward
+    extra, under ``tp``/``sp`` (:mod:`memlib.parallel.activations`)."""
+    from ..activations import layer_tensors
+    kinds = set(spec.moe_layers)
+    layers = {moe: tp_records(spec, layer_tensors(spec, sc, moe=moe), tp, sp, moe=moe, tokens=sc.tokens)
+              for moe in kinds}
+    model_level = model_tensors(spec, sc)
+    if sp:
+        model_level = sp_model_records(model_level, tp)
+    flowing = sc.residual_bytes * sc.tokens * spec.hidden_size
+    if sp:
+        flowing = -(-flowing // tp)
+    mlp_split = tp if not spec.fused_gate_up else 1
+    mlp_extra = {moe: (mlp_backward_extra(spec, sc, moe) if moe else -(-mlp_backward_extra(spec, sc, moe) // mlp_split))
+                 for moe in layers}
+    return layers, model_level, flowing, mlp_extra

@@ -94,22 +94,27 @@ def _local(spec: ModelSpec, p: Param, layer, tp: int, ep: int, fsdp_dp: int) -> 
     return Local(p, layer, rows, cols, shard, dp)
 
 
-def zero1_partition(sizes: list[int], world: int, rank: int = 0) -> list[int]:
+def zero1_partition(sizes, world: int, rank: int = 0) -> list[int]:
     """Indices of the tensors ``ZeroRedundancyOptimizer`` gives ``rank`` (chapter 05).
 
     PyTorch sorts the tensors by size, largest first (a stable sort), and gives each to the
     rank with the fewest elements so far (the lowest rank on ties).  Returns ``rank``'s
     indices in that sorted order (the order its local optimizer walks them).
     """
+    return list(_partition(tuple(sizes), world)[rank])
+
+
+@lru_cache(maxsize=64)
+def _partition(sizes: tuple, world: int) -> tuple:
+    import heapq
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
-    totals = [0] * world
-    mine = []
+    heap = [(0, r) for r in range(world)]          # (elements so far, rank): the lowest rank on ties
+    out = [[] for _ in range(world)]
     for i in order:
-        r = min(range(world), key=lambda k: (totals[k], k))
-        totals[r] += sizes[i]
-        if r == rank:
-            mine.append(i)
-    return mine
+        total, r = heapq.heappop(heap)
+        out[r].append(i)
+        heapq.heappush(heap, (total + sizes[i], r))
+    return tuple(tuple(x) for x in out)
 
 
 def optimizer_bytes(tensors, optimizer: str, state_bytes: int) -> int:
@@ -123,3 +128,84 @@ def optimizer_bytes(tensors, optimizer: str, state_bytes: int) -> int:
         else:
             mats.append((r, c, 1))
     return tensor_state_bytes(mats, vectors, optimizer, state_bytes)
+
+
+@lru_cache(maxsize=1024)
+def split_tensors(spec: ModelSpec, tp: int = 1, ep: int = 1, fsdp_dp: int = 1, pp: int = 1,
+                  stage: int = 0) -> tuple[dict, tuple]:
+    """``({moe: the tensors of one layer of that kind}, the root tensors)`` of pipeline
+    stage ``stage``'s rank 0, in registration order (chapter 05).  Identical layers hold
+    identical tensors, so one layer of each kind stands for all (``layer`` is the stage's
+    first layer of the kind)."""
+    first, end = stage_layers(spec, pp, stage)
+    is_first, is_last = stage == 0, stage == pp - 1
+    table = param_table(spec)
+    per = {}
+    for i in range(first, end):
+        moe = spec.moe_layers[i]
+        if moe not in per:
+            per[moe] = tuple(_local(spec, p, i, tp, ep, fsdp_dp) for p in layer_table(spec, moe))
+    head = [_local(spec, p, None, tp, ep, fsdp_dp) for p in table if p.unit == "root" and p.part == "embed"
+            and is_first]
+    tail = [_local(spec, p, None, tp, ep, fsdp_dp) for p in table if p.unit == "root" and p.part != "embed"
+            and is_last]
+    if spec.tie_word_embeddings and is_last and not is_first:
+        emb = next(p for p in table if p.name == "embed")
+        tail.append(_local(spec, emb._replace(name="lm_head", part="head"), None, tp, ep, fsdp_dp))
+    return per, tuple(head + tail)
+
+
+def _counts(spec: ModelSpec, pp: int, stage: int) -> dict:
+    first, end = stage_layers(spec, pp, stage)
+    out: dict = {}
+    for i in range(first, end):
+        out[spec.moe_layers[i]] = out.get(spec.moe_layers[i], 0) + 1
+    return out
+
+
+@lru_cache(maxsize=1024)
+def held_elements(spec: ModelSpec, tp: int, ep: int, fsdp_dp: int, pp: int, stage: int) -> tuple[int, int]:
+    """``(elements held between steps, elements of the unsharded tensors)`` of this rank (chapter 05)."""
+    per, root = split_tensors(spec, tp, ep, fsdp_dp, pp, stage)
+    counts = _counts(spec, pp, stage)
+    held = sum(t.held for t in root) + sum(n * sum(t.held for t in per[k]) for k, n in counts.items())
+    numel = sum(t.numel for t in root) + sum(n * sum(t.numel for t in per[k]) for k, n in counts.items())
+    return held, numel
+
+
+def _order_sample(spec: ModelSpec, per: dict, root: tuple, pp: int, stage: int) -> list:
+    """The rank's tensors in registration order with each run of identical layers cut to its
+    first two: every pair of neighbours of the full order appears in it (for AdamW's loop)."""
+    first, end = stage_layers(spec, pp, stage)
+    out = [t for t in root if t.p.part == "embed"]
+    i = first
+    while i < end:
+        j = i
+        while j < end and spec.moe_layers[j] == spec.moe_layers[i]:
+            j += 1
+        out += list(per[spec.moe_layers[i]]) * min(j - i, 2)
+        i = j
+    return out + [t for t in root if t.p.part != "embed"]
+
+
+@lru_cache(maxsize=1024)
+def optimizer_state(spec: ModelSpec, tp: int, ep: int, fsdp_dp: int, pp: int, stage: int, optimizer: str,
+                    optimizer_impl: str, state_bytes: int, zero1_dp: int = 1, rank: int = 0) -> tuple[int, int]:
+    """``(optimizer state, step temporaries)`` in bytes for the tensors this rank updates
+    (all it holds; under ZeRO-1 over ``zero1_dp`` ranks, its own whole tensors), chapter 05."""
+    from ..training import step_temporaries
+    if zero1_dp > 1:
+        tensors = rank_tensors(spec, tp, ep, fsdp_dp, pp, stage)
+        tensors = [tensors[i] for i in zero1_partition([t.numel for t in tensors], zero1_dp, rank)]
+        return (optimizer_bytes(tensors, optimizer, state_bytes),
+                step_temporaries(optimizer, optimizer_impl, [t.held for t in tensors], state_bytes))
+    per, root = split_tensors(spec, tp, ep, fsdp_dp, pp, stage)
+    counts = _counts(spec, pp, stage)
+    opt = optimizer_bytes(root, optimizer, state_bytes) + sum(
+        n * optimizer_bytes(per[k], optimizer, state_bytes) for k, n in counts.items())
+    if optimizer_impl == "foreach" and optimizer == "adamw":
+        extra = held_elements(spec, tp, ep, fsdp_dp, pp, stage)[0] * state_bytes
+    else:
+        extra = step_temporaries(optimizer, optimizer_impl, [t.held for t in _order_sample(spec, per, root, pp, stage)],
+                                 state_bytes)
+    return opt, extra
