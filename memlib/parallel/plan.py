@@ -11,8 +11,8 @@ names the layout the way PyTorch users write it:
   ``reshard_after_forward=False``; 3 frees them after the forward, ``True``);
 * ``tp``: tensor-parallel ranks (transformers' tp plan: heads and MLP width split, norms
   whole); ``sp``: sequence parallelism on top (norms split along the tokens);
-* ``pp``: pipeline stages, run with ``microbatches`` micro-batches by ``schedule``
-  (``"1f1b"`` or ``"gpipe"``);
+* ``pp``: pipeline stages, run with ``microbatches`` micro-batches (default: ``pp``) by
+  ``schedule`` (``"1f1b"`` or ``"gpipe"``);
 * ``cp``: context-parallel ranks (the sequence split, ring attention);
 * ``ep``: expert-parallel ranks, taken from the data-parallel ones (experts split over
   them, tokens dispatched by all-to-all);
@@ -47,11 +47,13 @@ class Plan:
     zero: int = 0
     reshard_after_forward: bool | None = None
     sp: bool = False
-    microbatches: int = 1
+    microbatches: int | None = None
     schedule: str = "1f1b"
     offload: str = "none"
 
     def __post_init__(self):
+        if self.microbatches is None:          # a pipeline defaults to one micro-batch per stage
+            object.__setattr__(self, "microbatches", self.pp if isinstance(self.pp, int) and self.pp > 1 else 1)
         for f in ("dp", "tp", "pp", "cp", "ep", "microbatches"):
             object.__setattr__(self, f, positive_int(f, getattr(self, f)))
         if isinstance(self.zero, bool) or self.zero not in ZERO_STAGES:
