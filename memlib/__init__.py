@@ -26,19 +26,26 @@ from .scenario import Scenario
 from .spec import *  # noqa: F401,F403  (ModelSpec, load_spec and the supported families)
 from .units import GB, GiB, fmt_bytes
 from .weights import bits_per_param, weight_formats, weight_memory
-from .inference import inference_memory
-from .training import Stage, state_bytes, train_memory
-from .lora import lora_fit, lora_memory, lora_params
-from .serving import (draft_model_cost, kv_bytes_per_request, lora_slot_bytes, max_concurrency, preemption_cost,
-                      prefix_cache_kv, serving_breakdown, weights_per_gpu)
-from .vllm import gpus_needed, vllm_budget
-from .rl import rl_memory, rollout_memory
-from .hardware import GPU_TABLE, GPUS, get_gpu, gpu_bytes
-from .parallel import Plan, parallel_train_memory, plan
 
 __version__ = "0.1.0"
 
+#: Names imported on first use (PEP 562), so ``import memlib`` stays light: the chapters'
+#: estimate modules (03-07) and the optional plotting, widgets and bench.
 _LAZY = {
+    "inference_memory": ("memlib.inference", "inference_memory"),
+    "Stage": ("memlib.training", "Stage"),
+    "state_bytes": ("memlib.training", "state_bytes"),
+    "train_memory": ("memlib.training", "train_memory"),
+    **{n: ("memlib.lora", n) for n in ("lora_fit", "lora_memory", "lora_params")},
+    **{n: ("memlib.serving", n) for n in ("draft_model_cost", "kv_bytes_per_request", "lora_slot_bytes",
+                                          "max_concurrency", "preemption_cost", "prefix_cache_kv",
+                                          "serving_breakdown", "weights_per_gpu")},
+    "gpus_needed": ("memlib.vllm", "gpus_needed"),
+    "vllm_budget": ("memlib.vllm", "vllm_budget"),
+    "rl_memory": ("memlib.rl", "rl_memory"),
+    "rollout_memory": ("memlib.rl", "rollout_memory"),
+    **{n: ("memlib.parallel", n) for n in ("Plan", "parallel_train_memory", "plan")},
+    **{n: ("memlib.hardware", n) for n in ("GPU_TABLE", "GPUS", "get_gpu", "gpu_bytes")},
     "save_fig": ("memlib.plotting", "save_fig"),
     "stacked_bar": ("memlib.plotting", "stacked_bar"),
     "setup_notebook": ("memlib.notebook", "setup_notebook"),
@@ -52,15 +59,17 @@ def __getattr__(name):
         import importlib
         module, attr = _LAZY[name]
         mod = importlib.import_module(module)
-        return getattr(mod, attr) if attr else mod
+        value = getattr(mod, attr) if attr else mod
+        globals()[name] = value          # later lookups are plain attribute reads
+        return value
     raise AttributeError(f"module 'memlib' has no attribute {name!r}")
 
 
-__all__ = ["Breakdown", "combine", "KINDS", "Scenario", "Stage", *_spec.__all__, "load_config", "catalog_names",
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["Breakdown", "combine", "KINDS", "Scenario", *_spec.__all__, "load_config", "catalog_names",
            "count_params", "total_params", "active_params", "linear_layers", "weight_memory", "weight_formats",
-           "bits_per_param", "kv_cache", "kv_bytes", "kv_summary", "bytes_per_token", "max_concurrency",
-           "serving_breakdown", "inference_memory", "train_memory", "state_bytes", "lora_memory", "lora_fit",
-           "lora_params", "weights_per_gpu", "kv_bytes_per_request", "prefix_cache_kv", "preemption_cost",
-           "draft_model_cost", "lora_slot_bytes", "vllm_budget", "gpus_needed", "rl_memory", "rollout_memory",
-           "Plan", "parallel_train_memory", "plan", "GPUS", "GPU_TABLE", "get_gpu",
-           "gpu_bytes", "fmt_bytes", "GiB", "GB", *_LAZY]
+           "bits_per_param", "kv_cache", "kv_bytes", "kv_summary", "bytes_per_token", "fmt_bytes", "GiB", "GB",
+           *_LAZY]

@@ -527,9 +527,12 @@ def display_block(t: Saved) -> str:
 def saved_by_block(spec: ModelSpec, sc: Scenario) -> dict:
     """Bytes the decoder layers save, summed over all layers and grouped by :func:`display_block` (chapter 03)."""
     out = dict.fromkeys(BLOCK_LABELS, 0)
-    for moe in spec.moe_layers:
-        for t in layer_tensors(spec, sc, moe=moe).values():
-            out[display_block(t)] = out[display_block(t)] + t.nbytes
+    n_moe = sum(spec.moe_layers)
+    for moe, count in ((False, spec.num_layers - n_moe), (True, n_moe)):
+        if count:                         # identical layers: one kind's records, times its count
+            for t in layer_tensors(spec, sc, moe=moe).values():
+                block = display_block(t)
+                out[block] = out[block] + count * t.nbytes
     return out
 
 

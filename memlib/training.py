@@ -317,7 +317,8 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     flags = spec.moe_layers[st.first:st.last]
     runs = _runs(tuple(flags), st.first)
     gl = x.grads_per_layer
-    layer_grads = sum(gl[m] for m in flags)
+    n_moe = sum(flags)
+    layer_grads = (len(flags) - n_moe) * gl.get(False, 0) + n_moe * gl.get(True, 0)
     head_grads = x.grads_head if st.has_head else 0
     emb_grads = x.grads_embedding if st.has_embedding else 0
     accum = head_grads + layer_grads + emb_grads if grad_accum > 1 else 0
@@ -496,6 +497,12 @@ def params_before_attention(spec: ModelSpec, moe: bool) -> int:
             - norms_ahead * norm_params(spec, H))
 
 
+@lru_cache(maxsize=256)
+def _grads_before(spec: ModelSpec, param_bytes: int, params_before) -> dict:
+    """``{moe: bytes}`` of one layer's gradients that exist at a moment of its backward."""
+    return {m: params_before(spec, m) * param_bytes for m in set(spec.moe_layers)}
+
+
 def _stage_params(spec: ModelSpec, st: Stage) -> int:
     """Parameters a stage holds: its layers, plus the embedding and/or head and final norm."""
     c = count_params(spec).components
@@ -532,7 +539,12 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     layers = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
     attn_c, mlp_c, head_c = _cache_parts(spec) if sc.mixed else ({m: 0 for m in layers}, {m: 0 for m in layers}, 0)
     head_c = head_c if st.has_head else 0
-    cache = head_c + sum(attn_c[m] + mlp_c[m] for m in spec.moe_layers[st.first:st.last])
+    cache = 0
+    if sc.mixed:
+        n_moe = sum(spec.moe_layers[st.first:st.last])
+        n_dense = st.last - st.first - n_moe
+        cache = (head_c + n_dense * (attn_c.get(False, 0) + mlp_c.get(False, 0))
+                 + n_moe * (attn_c.get(True, 0) + mlp_c.get(True, 0)))
     if whole:
         weights = total_params(spec) * p
         opt = optimizer_state_bytes(spec, optimizer, state_bytes=p)
@@ -547,8 +559,8 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     inputs = StepInputs(
         weights=weights, optimizer=opt,
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
-        grads_before_mlp={m: params_before_mlp(spec, m) * p for m in per_layer},
-        grads_before_attention={m: params_before_attention(spec, m) * p for m in per_layer},
+        grads_before_mlp=_grads_before(spec, p, params_before_mlp),
+        grads_before_attention=_grads_before(spec, p, params_before_attention),
         mlp_weight_grad={m: largest_mlp_weight(spec, m) * p for m in per_layer},
         autocast_cache=cache, cache_attn=attn_c, cache_mlp=mlp_c, cache_head=head_c,
         step_extra=step_temporaries(optimizer, optimizer_impl, sizes, p),

@@ -84,7 +84,13 @@ def table(rows) -> str:
              "Both instruments watch the same run of the bench's training step "
              "(`memlib.measure.crosscheck_train`): MemTracker gets `track_external(model, opt)` at the "
              "start of the second step, and both restart their peak at every phase switch. "
-             "Bytes are exact; *difference* = MemTracker − bench − explained.", ""]
+             "Bytes are exact; *difference* = MemTracker − bench − explained.", "",
+             "The last column is MemTracker's own split at the peak phase's peak. Its labels follow "
+             "*when* a tensor was made, not what it is: everything allocated inside `opt.step()` is "
+             "`optimizer_state` (so AdamW's step temporaries are there: loop max_i(n[i-1] + 2 n[i]) elements, "
+             "foreach one more copy of all parameters), a tensor made in the backward is `temporaries` "
+             "until MemTracker relabels parameter gradients as `gradients`, and a tensor made in the "
+             "forward is `activations`.", ""]
     vers = {(r.get("torch"), r.get("transformers")) for r in rows}
     lines += [f"Versions: {', '.join(f'torch {t}, transformers {tf}' for t, tf in sorted(vers, key=str))}.", ""]
     ok = [r for r in rows if "error" not in r]
@@ -109,7 +115,9 @@ def table(rows) -> str:
         b, mt = r["bench"], r["memtracker"]
         peak_phase = max(PHASES, key=lambda p: b[p])
         cats = r["memtracker_categories"].get(peak_phase, {})
-        cat_txt = ", ".join(f"{k} {_gib(v)}" for k, v in cats.items() if v)
+        order = ["parameters", "buffers", "gradients", "activations", "temporaries", "optimizer_state", "other"]
+        cat_txt = ", ".join(f"{k} {_gib(cats[k])}" for k in sorted(cats, key=lambda k: (order + [k]).index(k))
+                            if cats[k])
         expl = "0" if not any(r["explained"].values()) else " / ".join(str(r["explained"][p]) for p in PHASES)
         diff = " / ".join(str(r["difference"][p]) for p in PHASES)
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['precision']} | {r['recompute']} "

@@ -47,7 +47,8 @@ def plot_gpu_budgets(results: dict, ax, unit_name: str = "GiB"):
     :func:`memlib.vllm.which_gpus`).  A tick marks ``utilisation × total``; the bar ends at
     what the process uses.  Returns ``ax``."""
     names = list(results)
-    seen = set()
+    segments = {part: ([], [], []) for part in BUDGET_PARTS}     # part -> rows, lefts, widths
+    ticks = ([], [], [])                                          # rows, budgets, totals
     for i, name in enumerate(names):
         b = results[name]
         if b is None:
@@ -55,21 +56,34 @@ def plot_gpu_budgets(results: dict, ax, unit_name: str = "GiB"):
             continue
         left = 0.0
         for part, v in budget_parts(b).items():
-            if v <= 0:
-                continue
-            ax.barh([i], [v / GiB], left=left, color=BUDGET_PARTS[part], height=0.7,
-                    hatch="//" if "outside" in part else None, edgecolor="white", lw=0.3,
-                    label=None if part in seen else part)
-            seen.add(part)
-            left += v / GiB
-        ax.plot([b.meta["budget"] / GiB] * 2, [i - 0.42, i + 0.42], color="k", lw=1)
-        ax.plot([b.meta["total_gpu_memory"] / GiB] * 2, [i - 0.42, i + 0.42], color="k", lw=1, ls=":")
+            if v > 0:
+                for lst, x in zip(segments[part], (i, left, v / GiB)):
+                    lst.append(x)
+                left += v / GiB
+        for lst, x in zip(ticks, (i, b.meta["budget"] / GiB, b.meta["total_gpu_memory"] / GiB)):
+            lst.append(x)
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Patch
+    handles = []
+    for part, (rows, lefts, widths) in segments.items():     # one artist per part: fast to redraw
+        if rows:
+            style = dict(facecolor=BUDGET_PARTS[part], hatch="//" if "outside" in part else None,
+                         edgecolor="white", lw=0.3)
+            ax.add_collection(PolyCollection(
+                [[(x, r - 0.35), (x + w, r - 0.35), (x + w, r + 0.35), (x, r + 0.35)]
+                 for r, x, w in zip(rows, lefts, widths)], **style))
+            handles.append(Patch(label=part, **style))
+    rows, budgets, totals = ticks
+    if rows:
+        ax.vlines(budgets, [r - 0.42 for r in rows], [r + 0.42 for r in rows], color="k", lw=1)
+        ax.vlines(totals, [r - 0.42 for r in rows], [r + 0.42 for r in rows], color="k", lw=1, linestyles=":")
     labels = [f"{n} ×{results[n].meta['gpus']}" if results[n] is not None else n for n in names]
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(labels, fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(names) - 0.5, -0.5)                      # first GPU on top
+    ax.set_xlim(0, 1.03 * max(totals + [1.0]))
     ax.set_xlabel(f"{unit_name} per GPU (solid tick: utilisation × total; dotted: the runtime total)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return ax
 
 
