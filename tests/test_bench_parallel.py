@@ -21,6 +21,9 @@ LLAMA = {"model_type": "llama", "hidden_size": H, "intermediate_size": INTER, "n
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": V,
          "max_position_embeddings": 256, "tie_word_embeddings": False}
 LLAMA4 = {**LLAMA, "num_hidden_layers": 4}
+QWEN3 = {"model_type": "qwen3", "vocab_size": V, "hidden_size": H, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "head_dim": 16, "num_hidden_layers": 2, "intermediate_size": 96, "max_position_embeddings": 256,
+         "tie_word_embeddings": True}
 B, S, W = 1, 32, 2
 
 # hand count of the tiny Llama's parameters
@@ -44,6 +47,8 @@ def runs():
     for sc in ("zero3", "zero2", "tp", "tp_sp", "ddp", "zero1"):
         out[sc] = measure_parallel_train(LLAMA, sc, W, B, S, "bf16")
     out["zero3_mixed"] = measure_parallel_train(LLAMA, "zero3", W, B, S, "mixed")
+    # peaks at the start of the backward, before DDP's buckets are first written (see below)
+    out["ddp_qwen3"] = measure_parallel_train(QWEN3, "ddp", W, B, S, "bf16")
     out["pp0"] = measure_parallel_train(LLAMA4, "pp", W, B, S, "bf16", microbatches=4, schedule="1f1b", rank=0)
     out["pp1"] = measure_parallel_train(LLAMA4, "pp", W, B, S, "bf16", microbatches=4, schedule="1f1b", rank=1)
     out["gpipe1"] = measure_parallel_train(LLAMA4, "pp", W, B, S, "bf16", microbatches=4, schedule="gpipe",
@@ -52,15 +57,20 @@ def runs():
 
 
 # -- PyTorch's own tracker agrees to the byte, in every scenario -------------------------------------
-@pytest.mark.parametrize("name", ["zero3", "zero2", "tp", "tp_sp", "ddp", "zero1", "zero3_mixed", "pp0", "pp1",
-                                  "gpipe1"])
+@pytest.mark.parametrize("name", ["zero3", "zero2", "tp", "tp_sp", "ddp", "zero1", "zero3_mixed", "ddp_qwen3", "pp0",
+                                  "pp1", "gpipe1"])
 def test_memtracker_agrees(runs, name):
+    # MemTracker only learns of a storage made before it started when an op returns it; the
+    # bench hands it DDP's buckets and the pipeline's receive buffers, or it under-counts a peak
+    # that comes before they are first written (ddp_qwen3 peaks in the backward's first ops)
     cc = runs[name].meta["crosscheck"]
     fsdp = name.startswith("zero3") or name == "zero2"
     assert cc["tracker"] == ("FSDPMemTracker" if fsdp else "MemTracker") + "(global peak)"
     assert cc["diff_bytes"] == 0, cc
     assert runs[name].meta["train_peak"] == cc["counter_peak"] - runs[name].meta["input_bytes"]
     assert runs[name].meta["input_bytes"] == B * S * 8 * (4 if name.startswith(("pp", "gpipe")) else 1)
+    if name == "ddp_qwen3":
+        assert runs[name].meta["peak_phase"] == "backward"
 
 
 # -- ZeRO-3 / ZeRO-2: the sharded state is the full state / W to the byte ----------------------------

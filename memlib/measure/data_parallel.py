@@ -161,9 +161,11 @@ def setup_ddp(model, mesh, precision, zero1=False, **_):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     holder = {}
+    buckets = {}     # the reducer's flat buckets, seen by the hook (no copy: the same tensors)
 
     def allreduce_in_place(state, bucket):
         t = bucket.buffer()
+        buckets[bucket.index()] = t
         t.div_(dist.get_world_size())
         dist.all_reduce(t)
         fut = torch.futures.Future()
@@ -182,11 +184,14 @@ def setup_ddp(model, mesh, precision, zero1=False, **_):
                meta={"ddp": "DistributedDataParallel(model), bucket_cap_mb=25, gradient_as_bucket_view=False"})
     run.build_in_window = build
     run.build_tag = "ddp_buckets"      # what DDP's constructor allocates: the reducer's flat buckets
+    # MemTracker only learns of a storage made before it started when an op first returns
+    # it; the buckets are first written well into the backward, so it is told of them
+    run.external = lambda: list(buckets.values())
     return run
 
 
 class _NoRebuildReducer:
-    """A view of DDP's C++ ``Reducer`` whose ``_rebuild_buckets()`` answers False (see ``_setup_ddp``)."""
+    """A view of DDP's C++ ``Reducer`` whose ``_rebuild_buckets()`` answers False (see ``setup_ddp``)."""
 
     def __init__(self, reducer):
         object.__setattr__(self, "_reducer", reducer)
