@@ -9,7 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import memlib  # noqa: E402
-from memlib.widgets.parallel import PARTS, explore_parallel, parallel_explorer, parts, plot_ranks  # noqa: E402
+from memlib.widgets.parallel import (PARTS, explore_parallel, parallel_explorer, parts, plot_ranks,  # noqa: E402
+                                     rank_bars)
 
 H, L, V, I, HD, KV = 4096, 32, 128256, 14336, 128, 8
 LAYER = 2 * H * H + 2 * H * KV * HD + 3 * H * I + 2 * H        # q, o, k, v, gate/up/down, two norms
@@ -29,6 +30,10 @@ def test_explorer_default_fits_with_the_hand_shards():
     assert r.meta["max_peak"] <= r.meta["gpu_memory"]                # the state it is displayed in fits
     assert "fits on each H100-80GB" in ex.text.value
     assert sum(parts(r).values()) == r.total
+    # ranks alike: one bar per phase at that phase's peak, the peak phase's bar is the peak
+    bars = rank_bars(r)
+    assert [b.total for b in bars.values()] == list(r.phases.values())
+    assert max(b.total for b in bars.values()) == r.total
 
 
 def test_explorer_follows_its_controls():
@@ -39,6 +44,7 @@ def test_explorer_follows_its_controls():
     assert sp["weights"] == r["weights"] and sp.meta["activations_saved"] < r.meta["activations_saved"]
     r = ex.set(tp=1, sp=False, pp=4, microbatches=8)
     assert [c.label for c in r.children] == ["stage 0", "stage 1", "stage 2", "stage 3"]
+    assert list(rank_bars(r)) == ["stage 0", "stage 1", "stage 2", "stage 3"]
     assert r.meta["global_batch"] == 8                                 # 1 sequence x 8 micro-batches x dp 1
     # stage 0: the embedding and layers 0-7; stage 3: layers 24-31, the final norm and the head
     first, last = r.children[0], r.children[-1]

@@ -117,6 +117,9 @@ def plot_ranks(results: dict, ax, gpu_memory: int | None = None, gpu_name: str |
         ax.axhline(g, color="k", ls="--", lw=1, zorder=1, label=f"one {gpu_name or 'GPU'}: {g:,.1f} {unit}")
         top = max(top, g)
     ax.set_ylim(0, top * 1.22 if top else 1)
+    pad = 0.6 + max(0, 3 - len(labels)) * 0.5          # one or two bars stay bars, not slabs
+    ax.set_xlim(-pad, len(labels) - 1 + pad)
+    ax.grid(False, axis="x")
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, fontsize=8, rotation=rotation, ha="right" if rotation else "center")
     ax.set_ylabel(f"per-rank peak ({unit})")
@@ -126,11 +129,14 @@ def plot_ranks(results: dict, ax, gpu_memory: int | None = None, gpu_name: str |
 
 
 def rank_bars(r: Breakdown) -> dict:
-    """The bars the explorer draws for one layout: every rank kind (pipeline stages, ZeRO-1's
-    heaviest rank) when ranks differ, else rank 0 alone (chapter 05)."""
+    """The bars the explorer draws for one layout (chapter 05): every rank kind (pipeline
+    stages, ZeRO-1's heaviest rank) at its peak when ranks differ; else the one kind of rank
+    at the peak of each phase (forward, backward, step), to show where the peak falls."""
     if r.children:
         return {c.label: c for c in r.children}
-    return {"every rank" if r.meta["world_size"] > 1 else "the GPU": r}
+    who = "each rank" if r.meta["world_size"] > 1 else "the GPU"
+    return {f"{who}:\n{ph} peak": Breakdown(comps, title=r.title, kinds=r.kinds, peak_phase=ph)
+            for ph, comps in r.phase_components.items()}
 
 
 # -- explorer --------------------------------------------------------------------------------
