@@ -26,6 +26,7 @@ _EXPLORERS = {
     "measure_explorer": "memlib.widgets.measure",
     "rl_explorer": "memlib.widgets.rl",
     "parallel_explorer": "memlib.widgets.parallel",
+    "plan_explorer": "memlib.widgets.parallel",
     "Explorer": "memlib.widgets.base",
 }
 
