@@ -307,8 +307,8 @@ def _hints(inputs: dict, answer) -> tuple:
         else:
             out.append(f"with {name}: still none")
     if not helped:
-        out.append(f"the smallest largest-rank peak of any layout tried is {smallest / GiB:,.2f} GiB: "
-                   f"more GPUs, a GPU with more memory, or a shorter sequence")
+        out.append(f"no layout tried brings its largest rank below {smallest / GiB:,.2f} GiB: more GPUs, "
+                   f"a GPU with more memory, or a shorter sequence")
     return tuple(out)
 
 
