@@ -224,6 +224,7 @@ class PlanView:
 
     @property
     def fits(self) -> list:
+        """The fitting layouts, best first (the planner's ``fits``; chapter 05)."""
         return self.answer.fits
 
 
@@ -484,6 +485,7 @@ class PlanExplorer(Explorer):
             self._hold = prev
 
     def update(self):
+        """Rebuild the layout drop-down for the other controls, then recompute and redraw."""
         if self._hold:
             return self.result
         self._sync_layouts()
