@@ -10,6 +10,8 @@ The core imports only numpy.  Plotting (matplotlib), widgets (ipywidgets) and th
     1073741824
     >>> memlib.train_memory("Llama-3.1-8B", batch_size=1, seq_len=2048).peak_phase
     'step'
+    >>> memlib.parallel_train_memory("Llama-3.1-8B", 1, 2048, dp=8, zero=3).peak_phase
+    'backward'
     >>> b = memlib.vllm_budget("Qwen3-8B", "A100-40GB", max_model_len=40960, vllm_version="0.9.2",
     ...                        sampler="sort")     # vLLM 0.9.2 printed "num_gpu_blocks is: 8505"
     >>> abs(b.meta["num_blocks"] - 8505) / 8505 < 0.01
@@ -42,6 +44,7 @@ _LAZY = {
     "vllm_budget": ("memlib.vllm", "vllm_budget"),
     "rl_memory": ("memlib.rl", "rl_memory"),
     "rollout_memory": ("memlib.rl", "rollout_memory"),
+    **{n: ("memlib.parallel", n) for n in ("Plan", "parallel_train_memory", "plan")},
     **{n: ("memlib.hardware", n) for n in ("GPU_TABLE", "GPUS", "get_gpu", "gpu_bytes")},
     "save_fig": ("memlib.plotting", "save_fig"),
     "stacked_bar": ("memlib.plotting", "stacked_bar"),

@@ -1,4 +1,4 @@
-"""Command line: ``python -m memlib params|kv|inference|train|lora|measure|catalog ...``.
+"""Command line: ``python -m memlib params|kv|inference|train|lora|plan|measure|catalog ...``.
 
 Every command prints a table, or JSON with ``--json``.  The JSON keys named in each
 command's help are a contract other tools rely on.  Bad input exits with status 2 and a
@@ -123,7 +123,11 @@ def _phase_payload(args, b, **extra):
 
 
 def cmd_train(args):
-    """JSON: peak (bytes), peak_phase (forward|backward|step), peak_at, components, phase_peak."""
+    """JSON: peak (bytes), peak_phase (forward|backward|step), peak_at, components, phase_peak
+    (with a parallel plan, rank 0's, plus plan, ranks, max_peak, host: :mod:`memlib.parallel.cli`)."""
+    from .parallel.cli import is_parallel, run_train
+    if is_parallel(args):
+        return run_train(args)
     from .training import train_memory
     b = train_memory(args.model, args.batch_size, args.seq_len, args.precision, args.optimizer,
                      args.recompute, args.attention, args.grad_accum, runtime=args.runtime,
@@ -147,7 +151,7 @@ def cmd_lora(args):
 
 
 #: Extra subcommands contributed by other modules: name -> "module" exposing add_parser(sub).
-EXTRA_COMMANDS = ["memlib.measure.cli", "memlib.serving_cli", "memlib.rl.cli"]
+EXTRA_COMMANDS = ["memlib.measure.cli", "memlib.serving_cli", "memlib.rl.cli", "memlib.parallel.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimizer_args(sp)
     sp.add_argument("--recompute", default="none", choices=RECOMPUTE)
     sp.add_argument("--grad-accum", type=_int, default=1)
+    from .parallel.cli import add_train_flags
+    add_train_flags(sp)
     sp.set_defaults(func=cmd_train)
 
     from .lora import ADAPTER_DTYPES, BASES

@@ -209,6 +209,9 @@ class StepInputs:
     copies autocast makes in its attention and its MLP, ``cache_head`` those of lm_head
     (chapter 04 §mixed precision): the cache grows through the forward; leaving autocast
     keeps only the copies autograd saved, which each layer's backward then frees.
+    ``model_level`` (the records outside the layers: RoPE tables, final norm, loss) and
+    ``flowing`` (the bytes of the gradient passed from layer to layer) default to the
+    single-device values; a parallel plan replaces them for one rank (chapter 05).
     """
 
     weights: int
@@ -228,6 +231,9 @@ class StepInputs:
     backward_mlp_extra: dict
     frozen_head: bool = False   # LoRA: the final norm and lm_head do not train
     stage: Stage | None = None
+    mlp_weight_grad: dict | None = None   # {moe: bytes of the largest MLP weight's gradient} (default: grads_before_mlp)
+    model_level: dict | None = None   # Saved records outside the layers (default: model_tensors)
+    flowing: object = None            # the gradient flowing between layers (default: residual·T·H)
 
 
 def _max(values):
@@ -296,7 +302,7 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     full = {m: total_bytes(d) for m, d in x.layers.items()}
     kept = {m: kept_per_layer(sc, spec, d, recompute) for m, d in x.layers.items()}
     attn_extra = {m: _backward_attention_extra(d) for m, d in x.layers.items()}
-    model_level = model_tensors(spec, sc)
+    model_level = dict(x.model_level) if x.model_level is not None else model_tensors(spec, sc)
     if x.frozen_head:       # nothing needs the final norm's normalised tensor or its output
         model_level = without_frozen(model_level, trained=set())
     pre = model_level.pop("rope.cos_sin").nbytes
@@ -307,7 +313,7 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     if not st.has_head:
         log_softmax = 0
     logits_fp32 = 4 * T * V
-    dh = sc.residual_bytes * T * H              # the gradient flowing between layers
+    dh = sc.residual_bytes * T * H if x.flowing is None else x.flowing   # the gradient flowing between layers
     flags = spec.moe_layers[st.first:st.last]
     runs = _runs(tuple(flags), st.first)
     gl = x.grads_per_layer
@@ -316,7 +322,9 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     head_grads = x.grads_head if st.has_head else 0
     emb_grads = x.grads_embedding if st.has_embedding else 0
     accum = head_grads + layer_grads + emb_grads if grad_accum > 1 else 0
-    new = 0 if grad_accum > 1 else 1            # accumulating: gradients are added in place
+    new = 0 if grad_accum > 1 else 1            # accumulating: gradients are added in place ...
+    again = 1 - new                             # ... after being computed: a transient of one weight's gradient
+    weight_grad = x.mlp_weight_grad if x.mlp_weight_grad is not None else x.grads_before_mlp
     w, o = x.weights, x.optimizer
     marks = []
 
@@ -352,7 +360,9 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
         mark("backward", "loss", accum, head_cache + layers_cache, acts, 2 * logits_fp32)
         acts = acts - log_softmax - head_saved
         grads = accum + head_grads * new
-        mark("backward", "lm_head", grads, head_cache + layers_cache, acts, dh)
+        # lm_head's weight gradient and the layers' incoming gradient are computed from the logits'
+        # gradient, cast back to bf16 (accumulating, the new weight gradient is a transient too)
+        mark("backward", "lm_head", grads, head_cache + layers_cache, acts, dh + 2 * T * V + head_grads * again)
     else:
         grads = accum
         mark("backward", "incoming gradient", grads, layers_cache, acts, dh)
@@ -366,7 +376,8 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
             # the copies of the layers done so far are freed; this one's MLP copies go
             # with the MLP's backward (recomputed layers cast their own again)
             c = cl[m] if recompute_casts else layers_cache - k * cl[m]
-            mark("backward", f"layer {i} mlp", g + x.grads_before_mlp[m] * new, c, ac, mlp_t, layer=i, part="mlp")
+            mark("backward", f"layer {i} mlp", g + x.grads_before_mlp[m] * new, c, ac,
+                 mlp_t + weight_grad[m] * again, layer=i, part="mlp")
             mark("backward", f"layer {i} attention", g + x.grads_before_attention[m] * new,
                  c - x.cache_mlp[m], ac, attn_t, layer=i, part="attention")
         acts = acts - (b - a) * kept[m]
@@ -378,7 +389,8 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
         # the embedding's gradient is computed while its output's gradient is alive; a tied
         # matrix already has a gradient (from lm_head) and the two are summed out of place
         tied = x.grads_tied if st.has_head else 0
-        mark("backward", "embedding", grads, 0, acts, dh + emb_grads * new + 2 * tied * new)
+        mark("backward", "embedding", grads, 0, acts, dh + emb_grads * new + 2 * tied * new
+             + (emb_grads + tied) * again)
         grads = grads + emb_grads * new
     # -- step
     mark("step", "optimizer", grads, 0, 0, x.step_extra)
@@ -452,6 +464,19 @@ def params_before_mlp(spec: ModelSpec, moe: bool) -> int:
     down = spec.intermediate_size * H + (H if spec.mlp_bias else 0)
     norms_after = (spec.norms_per_layer == 4) + (not spec.pre_norm and not spec.parallel_attn)
     return down + norms_after * norm_params(spec, H)
+
+
+def largest_mlp_weight(spec: ModelSpec, moe: bool) -> int:
+    """Elements of the largest weight tensor of a layer's MLP half (chapter 04): one MLP
+    matrix (``gate_up`` where fused), or in an MoE layer transformers' fused experts
+    tensor ``E × 2I × H``.  With gradient accumulation its new gradient is computed before
+    it is added in place: the largest such transient of the MLP's backward."""
+    if moe:
+        sizes = [spec.num_experts * (2 if spec.gated_mlp else 1) * spec.moe_intermediate_size * spec.hidden_size]
+        sizes += [i * o for comp, _, i, o, _ in named_linears(spec) if comp == "shared_experts"]
+    else:
+        sizes = [i * o for comp, _, i, o, _ in named_linears(spec) if comp == "mlp"]
+    return max(sizes, default=0)
 
 
 def params_before_attention(spec: ModelSpec, moe: bool) -> int:
@@ -529,12 +554,14 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
         opt = optimizer_state_bytes(spec, optimizer, state_bytes=p) * n // total_params(spec)
     sizes = param_sizes(spec)
     if not whole:      # the stage's share of the whole model's step temporaries (foreach: exact)
-        sizes = tuple(v * weights // (total_params(spec) * p) for v in sizes)
+        all_bytes = total_params(spec) * p
+        sizes = tuple(v * weights // all_bytes for v in sizes)
     inputs = StepInputs(
         weights=weights, optimizer=opt,
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
         grads_before_mlp=_grads_before(spec, p, params_before_mlp),
         grads_before_attention=_grads_before(spec, p, params_before_attention),
+        mlp_weight_grad={m: largest_mlp_weight(spec, m) * p for m in per_layer},
         autocast_cache=cache, cache_attn=attn_c, cache_mlp=mlp_c, cache_head=head_c,
         step_extra=step_temporaries(optimizer, optimizer_impl, sizes, p),
         layers=layers, backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers},
@@ -562,7 +589,8 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     runs outside it).
     ``optimizer_impl``: ``"foreach"`` (default, what PyTorch picks on CUDA), ``"loop"`` or
     ``"fused"`` (the HF Trainer's default): see :func:`step_temporaries`.  ``grad_accum > 1`` keeps
-    gradients alive through the forward of the later micro-batches.  ``runtime`` is
+    gradients alive through the forward of the later micro-batches; their backward computes
+    each weight's gradient anew and adds it in place (the new one is a transient).  ``runtime`` is
     ``"transformers"`` (the only one modelled for training).  ``batch_size`` and
     ``seq_len`` may be numpy arrays: the result then has one ``peak`` component (an
     array) and ``meta["peak_phase"]`` is an array of phase names.
@@ -669,4 +697,4 @@ OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD", "sgd_momentum": "SGD + momen
 
 __all__ = ["train_memory", "state_bytes", "RECIPES", "Recipe", "step_timeline", "prepare_step", "summarize", "Mark", "Stage",
            "StepInputs", "matmul_weight_params", "largest_param_tensor", "step_temporaries",
-           "checkpointed_inputs", "kept_per_layer", "mlp_backward_extra", "COMPONENTS", "PHASES"]
+           "checkpointed_inputs", "kept_per_layer", "mlp_backward_extra", "largest_mlp_weight", "COMPONENTS", "PHASES"]

@@ -25,6 +25,8 @@ _EXPLORERS = {
     "which_gpu_explorer": "memlib.widgets.serving",
     "measure_explorer": "memlib.widgets.measure",
     "rl_explorer": "memlib.widgets.rl",
+    "parallel_explorer": "memlib.widgets.parallel",
+    "plan_explorer": "memlib.widgets.parallel",
     "Explorer": "memlib.widgets.base",
 }
 
