@@ -221,17 +221,26 @@ def _latent_attention(layer: _Layer, spec: ModelSpec, sc: Scenario):
     layer.put("attn.out", 2 * T * nh * spec.v_head_dim, "attention", ("T", "v"), ("o",) if eager else ())
 
 
-def _gated_mlp(layer: _Layer, width: int, rows, prefix="mlp", axes=("T", "I"), down_input_for=()):
+def _gated_mlp(layer: _Layer, width: int, rows, prefix="mlp", axes=("T", "I"), down_input_for=(),
+               dtype_bytes: int = 2):
     """A SwiGLU MLP over ``rows`` tokens keeps gate, up, act(gate) and act·up (down's input,
-    needed only for down's gradient when ``down_input_for`` names it)."""
+    needed only for down's gradient when ``down_input_for`` names it), ``dtype_bytes`` each."""
     for name in ("gate", "up", "act"):
-        layer.put(f"{prefix}.{name}", 2 * rows * width, "mlp", axes)
-    layer.put(f"{prefix}.act_times_up", 2 * rows * width, "mlp", axes, down_input_for)
+        layer.put(f"{prefix}.{name}", dtype_bytes * rows * width, "mlp", axes)
+    layer.put(f"{prefix}.act_times_up", dtype_bytes * rows * width, "mlp", axes, down_input_for)
 
 
 def _moe(layer: _Layer, spec: ModelSpec, sc: Scenario):
-    """A routed MoE block as transformers runs it (grouped matmuls over gathered tokens)."""
+    """A routed MoE block as transformers runs it (grouped matmuls over gathered tokens).
+
+    The routed experts compute in the master weights' dtype: transformers calls
+    ``grouped_mm(input.to(weight.dtype), weight)`` (``integrations/moe.py``), which has no
+    autocast rule, so under mixed precision the gathered tokens, the fused gate/up output,
+    ``act(gate)``, ``act·up`` and the experts' output are fp32 (``e = 4`` bytes, else 2):
+    ``e·T·k·(2H + 4·I_moe)`` per layer.
+    """
     T, H, E, k = sc.tokens, spec.hidden_size, spec.num_experts, spec.experts_per_token
+    e = sc.residual_bytes                        # the experts' dtype: the parameters'
     if spec.router_fp32:                         # the router casts its input and weight to fp32
         if sc.mixed:                             # ... which autocast casts back to bf16 for the matmul
             layer.put("moe.router_input", 2 * T * H, "mlp", ("T", "H"))
@@ -241,9 +250,10 @@ def _moe(layer: _Layer, spec: ModelSpec, sc: Scenario):
     layer.put("moe.router_probs_fp32", 4 * T * E, "mlp", ("T", "E"))
     layer.put("moe.routing_indices", 4 * 8 * T * k, "mlp", ("T", "k"))   # top-k, sort, expert ids, positions (int64)
     layer.put("moe.routing_weights", 2 * T * k, "mlp", ("T", "k"))
-    layer.put("moe.tokens_gathered", 2 * T * k * H, "mlp", ("T", "k", "H"), ("expert",))
-    _gated_mlp(layer, spec.moe_intermediate_size, T * k, prefix="moe.experts", axes=("T", "k", "I_moe"))
-    layer.put("moe.experts.down_out", 2 * T * k * H, "mlp", ("T", "k", "H"))
+    layer.put("moe.tokens_gathered", e * T * k * H, "mlp", ("T", "k", "H"), ("expert",))
+    _gated_mlp(layer, spec.moe_intermediate_size, T * k, prefix="moe.experts", axes=("T", "k", "I_moe"),
+               dtype_bytes=e)
+    layer.put("moe.experts.down_out", e * T * k * H, "mlp", ("T", "k", "H"))
     if spec.shared_intermediate_size:
         _gated_mlp(layer, spec.shared_intermediate_size, T, prefix="moe.shared", axes=("T", "I_shared"))
 
@@ -260,6 +270,13 @@ def _llama_layer(spec: ModelSpec, sc: Scenario, moe: bool) -> dict:
         _rmsnorm(layer, "post_attn_norm", spec, sc, H, T, consumers=0)
         _rmsnorm(layer, "pre_mlp_norm", spec, sc, H, T, consumers=2, readers=_READS_MLP_NORM)
         _rmsnorm(layer, "post_mlp_norm", spec, sc, H, T, consumers=0)
+    elif moe:
+        # the routed experts gather rows of the norm's output (an index saves only the
+        # indices); under autocast each Linear reading it saves its own bf16 cast: the
+        # router (unless it upcasts, see _moe) and the shared experts' gate and up
+        readers = 2 if spec.shared_intermediate_size else 0
+        _rmsnorm(layer, "post_attn_norm", spec, sc, H, T, consumers=readers + (not spec.router_fp32),
+                 readers=_READS_MLP_NORM)
     else:
         _rmsnorm(layer, "post_attn_norm", spec, sc, H, T, consumers=1 if spec.fused_gate_up else 2,
                  readers=_READS_MLP_NORM)
