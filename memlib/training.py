@@ -245,6 +245,8 @@ def _backward_attention_extra(tensors: dict):
     Llama family: ``2 × 4·B·heads·S²``), after the bf16 probabilities are freed.
     """
     extra = -total_bytes([t for t in tensors.values() if t.half == "mlp"])
+    # the merged heads kept only for o_proj's weight gradient are freed by o_proj's backward
+    extra = extra - total_bytes([t for t in tensors.values() if t.half == "attn" and t.needed_by == ("o",)])
     if "attn.softmax" in tensors:      # the gradients of the probabilities and of the scores
         probs = tensors["attn.probs_bf16"].nbytes if "attn.probs_bf16" in tensors else 0
         extra = extra + 2 * tensors["attn.softmax"].nbytes - probs
@@ -255,6 +257,18 @@ def checkpointed_inputs(spec: ModelSpec, sc: Scenario, recompute: str):
     """Model-level tensors that full recompute keeps as checkpoint inputs of every layer,
     beyond the hidden states: the explicit causal mask (if any) and the position ids (chapter 03)."""
     return causal_mask_bytes(spec, sc) + 8 * sc.seq_len if recompute == "full" else 0
+
+
+def checkpoint_beside_recomputed(spec: ModelSpec, sc: Scenario, recompute: str):
+    """Bytes of a checkpointed layer's input that stay alive beside its recomputed saved
+    tensors during its backward (chapter 03): with full recompute the checkpoint holds
+    the input until the layer's backward ends.  When a saved tensor is the input itself
+    (a LayerNorm saves its input; under mixed precision an RMSNorm's ``x.float()`` of the
+    fp32 residual is ``x``) it is already counted; an RMSNorm over a bf16 residual saves
+    an fp32 copy instead, and the bf16 input is extra: ``2·T·H``."""
+    if recompute != "full" or sc.mixed or spec.norm == "layer":
+        return 0
+    return sc.residual_bytes * sc.tokens * spec.hidden_size
 
 
 def kept_per_layer(sc: Scenario, spec: ModelSpec, tensors: dict, recompute: str):
@@ -356,8 +370,9 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     else:
         grads = accum
         mark("backward", "incoming gradient", grads, layers_cache, acts, dh)
+    beside = checkpoint_beside_recomputed(spec, sc, recompute)
     for m, a, b in reversed(runs):
-        back = full[m] - kept[m]                    # with recompute, the layer's tensors come back
+        back = full[m] - kept[m] + beside           # with recompute, the layer's tensors come back
         mlp_t = dh + back + x.backward_mlp_extra[m]
         attn_t = dh + (np.maximum(back + attn_extra[m], 0) if isinstance(back, np.ndarray) else max(back + attn_extra[m], 0))
         for i in sorted({b - 1, a}, reverse=True):  # the two ends of the run
@@ -584,9 +599,35 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
 
 
 def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):
-    """Extra bytes in an MLP's backward: the gradients of its two inputs (gate and up) together (chapter 04)."""
+    """Extra bytes at the peak of an MLP's backward, over its saved tensors (chapter 04).
+
+    Dense SwiGLU: the gradients of gate and up together, ``2·2·T·I`` (the gradient of
+    ``act·up`` replaces down's saved input, which its backward has freed).
+
+    Routed experts (``e`` bytes: fp32 under mixed precision, see
+    :func:`memlib.activations.layer_tensors`), over ``S = T·k`` token-expert rows, the
+    larger of two moments of ``grouped_mm_experts_forward``'s backward:
+
+    * the routing weights' ``mul``: the gradient of the weighted output (the sum over
+      ``k`` and the un-permuting index give it back as a new ``S × H`` tensor), the
+      gradient of the experts' output and the product ``grad · output`` reduced to the
+      weights' gradient: ``3·e·S·H``;
+    * ``act·up``'s ``mul``: the gradient of down's input and those of ``act`` and ``up``,
+      after the experts' output and down's input are freed, with down's weight gradient
+      (``E·I·H``, master weights' bytes) just made, the int64 un-permuting index freed:
+      ``e·S·(2·I − H) + p·E·I·H − 8·S``.
+
+    (The bench, whose counting dispatch mode makes autograd take the out-of-place
+    ``index_put`` in the un-permuting index's backward, peaks one step earlier with the
+    same ``3·e·S·H``.)
+    """
     if moe:
-        return 2 * 2 * sc.tokens * spec.experts_per_token * spec.moe_intermediate_size
+        e = sc.residual_bytes
+        S, H, Im = sc.tokens * spec.experts_per_token, spec.hidden_size, spec.moe_intermediate_size
+        p = 4 if sc.mixed else 2
+        routing_mul = 3 * e * S * H
+        act_up_mul = e * S * (2 * Im - H) + p * spec.num_experts * Im * H - 8 * S   # the un-permuting index is freed
+        return np.maximum(routing_mul, act_up_mul) if isinstance(routing_mul, np.ndarray) else max(routing_mul, act_up_mul)
     return 2 * 2 * sc.tokens * spec.intermediate_size
 
 
@@ -669,4 +710,4 @@ OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD", "sgd_momentum": "SGD + momen
 
 __all__ = ["train_memory", "state_bytes", "RECIPES", "Recipe", "step_timeline", "prepare_step", "summarize", "Mark", "Stage",
            "StepInputs", "matmul_weight_params", "largest_param_tensor", "step_temporaries",
-           "checkpointed_inputs", "kept_per_layer", "mlp_backward_extra", "COMPONENTS", "PHASES"]
+           "checkpointed_inputs", "checkpoint_beside_recomputed", "kept_per_layer", "mlp_backward_extra", "COMPONENTS", "PHASES"]
