@@ -444,10 +444,11 @@ def model_saved(spec: ModelSpec, sc: Scenario) -> dict:
 # inference: the prefill's transient tensors (nothing is saved for a backward)
 
 #: Eager prefill: the ``B·heads·S²`` score tensors alive at once, in bytes per element
-#: summed (Llama family: bf16 masked scores + fp32 copy + fp32 softmax = 10; GPT-2 keeps
-#: bf16 scaled scores, masked scores and softmax = 6; Falcon, whose K/V head is broadcast
-#: to every query head, 8).
-_EAGER_PREFILL_SCORES = {"llama": 10, "gpt2": 6, "falcon": 8, "opt": 10}
+#: summed (Llama family: bf16 masked scores + fp32 copy + fp32 softmax = 10; GPT-2: two
+#: bf16 tensors at a time, the product ``q·kᵀ`` and its scaled copy, then the scaled and
+#: the masked scores, then the masked scores and the softmax = 4; Falcon, whose K/V head is
+#: broadcast to every query head, 8).
+_EAGER_PREFILL_SCORES = {"llama": 10, "gpt2": 4, "falcon": 8, "opt": 10}
 #: Prefill MLP intermediates of ``T·I`` alive at once (SwiGLU: act(gate), up and their
 #: product; GPT-2's tanh GELU: 4; OPT's ReLU and Falcon's GELU: 2).
 _PREFILL_MLP = {"gpt2": 4, "opt": 2, "falcon": 2}
@@ -472,8 +473,11 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2, resi
       its fused q/k/v output, whose views q, k and v are; DeepSeek's MLA the projected
       query, its rotated part, the concatenated query states, the latents, ``kv_b``'s
       output and the assembled keys).  GPT-2 and Falcon keep the softmax
-      in bf16: GPT-2 holds the scaled scores, the masked scores and the softmax (6);
-      Falcon, whose K/V head is broadcast to every query head, 8.
+      in bf16: GPT-2 holds two score tensors at a time (4) and c_attn's fused output
+      (``3·T·H``, q, k and v are its views); Falcon, whose K/V head is broadcast to every
+      query head, 8;
+    * GPT-2's block keeps the attention's output (and in eager its softmax, with the
+      causal mask) alive through the MLP.
 
     ``residual_bytes`` (default ``dtype_bytes``): bytes per element of the residual stream,
     the embedding output and RoPE's tables; 4 for fp32 weights under autocast, whose
@@ -501,6 +505,13 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2, resi
         out["mlp"] = always + 2 * hidden + (4 if spec.fused_gate_up else 3) * a * T * I
     else:
         out["mlp"] = always + 2 * hidden + _PREFILL_MLP[spec.block_style] * a * T * I
+    if spec.block_style == "gpt2":
+        # GPT2Block keeps `attn_output, self_attn_weights = self.attn(...)` alive through the
+        # MLP: attention's output (a·T·H) and, in eager, its softmax (a·B·heads·S²), next
+        # to the causal mask (a·B·S², built once per forward)
+        out["mlp"] = out["mlp"] + a * T * H
+        if attention_used(spec, sc.attention) == "eager":
+            out["mlp"] = out["mlp"] + a * B * S * S + a * B * nh * S * S
     if spec.is_moe and spec.moe_layers[-1]:
         k, Im = spec.experts_per_token, spec.moe_intermediate_size
         out["mlp"] = always + 2 * hidden + a * T * k * (H + 3 * Im)
@@ -513,6 +524,8 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2, resi
         held = q_dim                       # the query states
         if spec.qkv_views:                 # q, k and v are views: the fused output stays alive
             held = 2 * q_dim + 2 * spec.num_kv_heads * hd
+        elif spec.block_style == "gpt2":   # c_attn's fused output, whose splits q, k and v are
+            held = 3 * q_dim
         if spec.is_mla:                    # q, its rotated part, the query states, the latents,
             rope, kv_b = spec.qk_rope_head_dim, nh * (spec.qk_nope_head_dim + spec.v_head_dim)
             held = 3 * q_dim + nh * rope + spec.kv_lora_rank + rope + kv_b   # kv_b's output, the keys
