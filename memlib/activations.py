@@ -395,15 +395,18 @@ def layer_saved(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
 
 
 def causal_mask_bytes(spec: ModelSpec, sc: Scenario):
-    """The (B, 1, S, S) additive mask the model builds once per forward, in the parameters'
-    dtype, when the mask cannot stay implicit: eager attention (for families that build
-    one), or SDPA from a sliding window's length on.  It lives through the forward (and,
-    under full recompute, as a checkpoint input through the backward).  Chapter 03."""
+    """The mask the model builds once per forward when it cannot stay implicit: with eager
+    attention (for families that build one) a (B, 1, S, S) additive mask in the parameters'
+    dtype; with SDPA from a sliding window's length on, the window's (1, 1, S, S) boolean
+    mask (``S²`` bytes).  It lives through the forward (and, under full recompute, as a
+    checkpoint input through the backward).  Chapter 03."""
     B, S = sc.batch_size, sc.seq_len
     used = attention_used(spec, sc.attention)
-    explicit = used == "eager" and spec.eager_mask
     if spec.sliding_window and spec.num_sliding_layers and used == "sdpa":
-        explicit = S >= spec.sliding_window
+        # the window's (1, 1, S, S) boolean mask; each layer makes its own (B, 1, S, S)
+        # additive copy (activations' attn.sliding_mask)
+        return S * S * (S >= spec.sliding_window)
+    explicit = used == "eager" and spec.eager_mask
     return sc.residual_bytes * B * S * S * explicit
 
 

@@ -1,17 +1,18 @@
-"""Routed-expert (MoE) training memory against the bench, on a tiny Qwen3-MoE (chapter 04).
+"""Training backward rules against the bench (chapters 03 and 04), on tiny models.
 
 What memlib models here, each checked against the bench's measurement (fake tensors on the
 CPU) or hand arithmetic:
 
-* under mixed precision the routed experts run in fp32 (``grouped_mm`` on the fp32 master
-  weights): their saved tensors are ``4·T·k·(2H + 4·I)`` bytes per layer, not bf16;
+* under mixed precision the routed experts (tiny Qwen3-MoE) run in fp32 (``grouped_mm`` on
+  the fp32 master weights): their saved tensors are ``4·T·k·(2H + 4·I)`` bytes per layer;
 * the peak of the experts' backward is the routing weights' ``mul`` (``3·e·T·k·H``) or,
   when ``2·I`` is well above ``H``, ``act·up``'s ``mul``;
 * with full recompute, an RMSNorm layer over a bf16 residual keeps its checkpointed input
-  beside the recomputed fp32 copy (``2·T·H``).
+  beside the recomputed fp32 copy (``2·T·H``); o_proj's saved input is freed before the
+  eager attention core's backward (tiny Llama);
+* beyond a sliding window, SDPA's model-level mask is one (1, 1, S, S) boolean (tiny Mistral).
 
-The last two rules are checked on a tiny dense Llama as well.  Tiny configs (1 layer, 512
-tokens): a few seconds each on 2 cores.
+Tiny configs (1-2 layers, 512 tokens): a few seconds each on 2 cores.
 """
 import pytest
 
@@ -100,4 +101,26 @@ def test_dense_recomputed_layer_matches_bench(attention, moment):
     measured = measure_train(TINY_LLAMA, 1, T, **kw)
     predicted = train_memory(TINY_LLAMA, 1, T, **kw)
     assert predicted.peak_at == moment
+    assert 0 <= measured.phases["backward"] - predicted.phases["backward"] <= SCALARS
+
+
+# -- the sliding window's model-level mask ---------------------------------------------------------------
+TINY_MISTRAL = {"model_type": "mistral", "vocab_size": 128, "hidden_size": H, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 192,
+                "max_position_embeddings": 4096, "tie_word_embeddings": False, "sliding_window": 256}
+
+
+def test_sliding_window_mask_is_one_boolean_square():
+    """SDPA beyond the window: the model builds one (1, 1, S, S) boolean mask per forward (S² bytes,
+    whatever the batch), kept as a checkpoint input under full recompute; each layer's (B, 1, S, S)
+    bf16 additive copy is a saved tensor.  memlib counted 2·B·S² for the first: at B = 2, S = 512,
+    786,432 B too many at the backward's peak (measured: 786,276 = that minus the bench's scalars)."""
+    from memlib.activations import causal_mask_bytes
+    spec = load_spec(TINY_MISTRAL)
+    assert causal_mask_bytes(spec, Scenario(2, 512, "bf16", "sdpa", "full")) == 512 * 512
+    assert causal_mask_bytes(spec, Scenario(2, 128, "bf16", "sdpa", "full")) == 0     # within the window
+    kw = dict(precision="bf16", recompute="full", optimizer_impl="fused")
+    measured = measure_train(TINY_MISTRAL, 2, 512, **kw)
+    predicted = train_memory(TINY_MISTRAL, 2, 512, **kw)
+    assert predicted.peak_at == "layer 1 mlp"
     assert 0 <= measured.phases["backward"] - predicted.phases["backward"] <= SCALARS
