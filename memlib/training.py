@@ -350,7 +350,10 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     cache = x.autocast_cache
     if st.has_head:
         acts = acts + head_saved
-        mark("forward", "loss", accum, cache, acts, 2 * T * V + logits_fp32 + log_softmax)
+        # under autocast the final norm's fp32 output, which lm_head reads through a bf16 cast,
+        # is held by the model's output object until the loss is computed
+        final_out = sc.residual_bytes * T * spec.hidden_size if sc.mixed and spec.final_norm else 0
+        mark("forward", "loss", accum, cache, acts, 2 * T * V + logits_fp32 + log_softmax + final_out)
         acts = acts + log_softmax
     mark("forward", "end", accum, cache, acts, 0)
     saved_at_end = acts

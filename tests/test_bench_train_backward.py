@@ -11,6 +11,7 @@ CPU) or hand arithmetic:
   beside the recomputed fp32 copy (``2·T·H``); o_proj's saved input is freed before the
   eager attention core's backward (tiny Llama);
 * beyond a sliding window, SDPA's model-level mask is one (1, 1, S, S) boolean (tiny Mistral).
+* under autocast the final norm's fp32 output is alive at the forward's loss moment (tiny Llama).
 
 Tiny configs (1-2 layers, 512 tokens): a few seconds each on 2 cores.
 """
@@ -124,3 +125,20 @@ def test_sliding_window_mask_is_one_boolean_square():
     predicted = train_memory(TINY_MISTRAL, 2, 512, **kw)
     assert predicted.peak_at == "layer 1 mlp"
     assert 0 <= measured.phases["backward"] - predicted.phases["backward"] <= SCALARS
+
+
+# -- the forward's loss moment under autocast ------------------------------------------------------------
+def test_final_norm_fp32_output_alive_at_the_loss():
+    """Under autocast the final norm's fp32 output (lm_head reads a bf16 cast of it) is held by the
+    model's output object until the loss is computed: 4·T·H more than in bf16 at that moment
+    (131,072 B here).  Whatever memlib leaves out at that moment in both precisions (the padded
+    labels, scalars: 4,268 B here) must be the same, so the mixed-only term is exact."""
+    cfg = {**TINY_LLAMA, "num_hidden_layers": 2, "vocab_size": 8192}     # the loss is the forward's peak
+    diff = {}
+    for precision in ("bf16", "mixed"):
+        kw = dict(precision=precision, recompute="full", optimizer_impl="fused")
+        measured = measure_train(cfg, 2, 256, **kw)
+        predicted = train_memory(cfg, 2, 256, **kw)
+        assert max(predicted.meta["timeline"][:3], key=lambda t: t[2])[1] == "loss"
+        diff[precision] = measured.phases["forward"] - predicted.phases["forward"]
+    assert diff["mixed"] == diff["bf16"] and 0 <= diff["bf16"] <= 8 * 2 * 257 + SCALARS
