@@ -10,7 +10,7 @@ CPU) or hand arithmetic:
 * with full recompute, an RMSNorm layer over a bf16 residual keeps its checkpointed input
   beside the recomputed fp32 copy (``2·T·H``); o_proj's saved input is freed before the
   eager attention core's backward (tiny Llama);
-* beyond a sliding window, SDPA's model-level mask is one (1, 1, S, S) boolean (tiny Mistral).
+* beyond a sliding window, SDPA's model-level mask is one (1, 1, S, S) boolean (tiny Mistral);
 * under autocast the final norm's fp32 output is alive at the forward's loss moment (tiny Llama).
 
 Tiny configs (1-2 layers, 512 tokens): a few seconds each on 2 cores.
