@@ -407,7 +407,14 @@ def causal_mask_bytes(spec: ModelSpec, sc: Scenario):
         # additive copy (activations' attn.sliding_mask)
         return S * S * (S >= spec.sliding_window)
     explicit = used == "eager" and spec.eager_mask
-    return sc.residual_bytes * B * S * S * explicit
+    return sc.residual_bytes * B * S * S * explicit * eager_masks(spec)
+
+
+def eager_masks(spec: ModelSpec) -> int:
+    """How many (B, 1, S, S) masks an eager forward builds: one per kind of layer, two when
+    full-attention and sliding-window layers alternate (Gemma 2), whatever the length
+    (chapter 03)."""
+    return 2 if spec.sliding_window and 0 < spec.num_sliding_layers < spec.num_layers else 1
 
 
 def model_tensors(spec: ModelSpec, sc: Scenario) -> dict:
@@ -472,7 +479,8 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2, resi
     * in an MoE block, when the experts' outputs are combined: the gathered tokens, the
       experts' outputs, their weighted copy and the scattered result, ``4·T·k·H``;
     * in eager attention: the query states, the masked scores (bf16), their fp32 copy and
-      the fp32 softmax, ``10·B·n_heads·S²`` bytes, plus the causal mask (Phi-3 also holds
+      the fp32 softmax, ``10·B·n_heads·S²`` bytes, plus the causal mask (two where full and
+      sliding-window layers alternate, :func:`eager_masks`; Phi-3 also holds
       its fused q/k/v output, whose views q, k and v are; DeepSeek's MLA the projected
       query, its rotated part, the concatenated query states, the latents, ``kv_b``'s
       output and the assembled keys).  GPT-2 and Falcon keep the softmax
@@ -521,7 +529,7 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2, resi
         out["moe_combine"] = always + 2 * hidden + 4 * a * T * k * H
     if attention_used(spec, sc.attention) == "eager":
         scores = _EAGER_PREFILL_SCORES[spec.block_style] * B * nh * S * S
-        mask = a * B * S * S
+        mask = a * B * S * S * eager_masks(spec)
         repeated = 2 * a * T * nh * hd if spec.num_kv_heads != nh else 0
         q_dim = nh * hd
         held = q_dim                       # the query states

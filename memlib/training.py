@@ -41,8 +41,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .activations import (causal_mask_bytes, is_quadratic, layer_tensors, model_tensors, total_bytes,
-                          without_frozen)
+from .activations import (causal_mask_bytes, eager_masks, is_quadratic, layer_tensors, model_tensors,
+                          total_bytes, without_frozen)
 from .breakdown import Breakdown
 from .optimizers import optimizer_state_bytes
 from .params import (attention_params, count_params, layer_params, mlp_params, named_linears, norm_params, param_sizes,
@@ -374,6 +374,9 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
         grads = accum
         mark("backward", "incoming gradient", grads, layers_cache, acts, dh)
     beside = checkpoint_beside_recomputed(spec, sc, recompute)
+    # with two kinds of mask (full and sliding layers alternating), the checkpoints of the
+    # other kind are all done by the first layer's backward: its mask is freed
+    other_kind_mask = (mask // 2) * (recompute == "full" and eager_masks(spec) == 2)
     for m, a, b in reversed(runs):
         back = full[m] - kept[m] + beside           # with recompute, the layer's tensors come back
         mlp_t = dh + back + x.backward_mlp_extra[m]
@@ -381,6 +384,8 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
         for i in sorted({b - 1, a}, reverse=True):  # the two ends of the run
             k = b - 1 - i
             g, ac = grads + k * gl[m] * new, acts - k * kept[m]
+            if i == 0:
+                ac = ac - other_kind_mask
             # the copies of the layers done so far are freed; this one's MLP copies go
             # with the MLP's backward (recomputed layers cast their own again)
             c = cl[m] if recompute_casts else layers_cache - k * cl[m]
