@@ -259,6 +259,14 @@ def checkpointed_inputs(spec: ModelSpec, sc: Scenario, recompute: str):
     return causal_mask_bytes(spec, sc) + 8 * sc.seq_len if recompute == "full" else 0
 
 
+def final_output_at_loss(spec: ModelSpec, sc: Scenario):
+    """Bytes of the final norm's output alive beside its saved copies while the model computes
+    its loss (chapter 04): under autocast lm_head reads a bf16 cast of the fp32 output, which
+    the model's output object holds until the loss (computed inside the forward, from
+    ``labels``) is done: ``4·T·H``; 0 in bf16, where lm_head saves the output itself."""
+    return sc.residual_bytes * sc.tokens * spec.hidden_size if sc.mixed and spec.final_norm else 0
+
+
 def checkpoint_beside_recomputed(spec: ModelSpec, sc: Scenario, recompute: str):
     """Bytes of a checkpointed layer's input that stay alive beside its recomputed saved
     tensors during its backward (chapter 03): with full recompute the checkpoint holds
@@ -350,10 +358,8 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     cache = x.autocast_cache
     if st.has_head:
         acts = acts + head_saved
-        # under autocast the final norm's fp32 output, which lm_head reads through a bf16 cast,
-        # is held by the model's output object until the loss is computed
-        final_out = sc.residual_bytes * T * spec.hidden_size if sc.mixed and spec.final_norm else 0
-        mark("forward", "loss", accum, cache, acts, 2 * T * V + logits_fp32 + log_softmax + final_out)
+        mark("forward", "loss", accum, cache, acts,
+             2 * T * V + logits_fp32 + log_softmax + final_output_at_loss(spec, sc))
         acts = acts + log_softmax
     mark("forward", "end", accum, cache, acts, 0)
     saved_at_end = acts
@@ -718,4 +724,4 @@ OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD", "sgd_momentum": "SGD + momen
 
 __all__ = ["train_memory", "state_bytes", "RECIPES", "Recipe", "step_timeline", "prepare_step", "summarize", "Mark", "Stage",
            "StepInputs", "matmul_weight_params", "largest_param_tensor", "step_temporaries",
-           "checkpointed_inputs", "checkpoint_beside_recomputed", "kept_per_layer", "mlp_backward_extra", "COMPONENTS", "PHASES"]
+           "checkpointed_inputs", "checkpoint_beside_recomputed", "final_output_at_loss", "kept_per_layer", "mlp_backward_extra", "COMPONENTS", "PHASES"]
