@@ -209,6 +209,9 @@ class StepInputs:
     copies autocast makes in its attention and its MLP, ``cache_head`` those of lm_head
     (chapter 04 §mixed precision): the cache grows through the forward; leaving autocast
     keeps only the copies autograd saved, which each layer's backward then frees.
+    ``mlp_grad_moment`` maps a layer kind to the MLP backward's moment where a weight
+    gradient has just been made (:func:`mlp_gradient_moment`; the routed experts' down
+    projection): that gradient is new memory unless gradients accumulate.
     """
 
     weights: int
@@ -227,6 +230,7 @@ class StepInputs:
     layers: dict
     backward_mlp_extra: dict
     frozen_head: bool = False   # LoRA: the final norm and lm_head do not train
+    mlp_grad_moment: dict | None = None   # {moe: (activation bytes, new weight gradient bytes)}, mlp_gradient_moment
     stage: Stage | None = None
 
 
@@ -385,7 +389,11 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     other_kind_mask = (mask // 2) * (recompute == "full" and eager_masks(spec) == 2)
     for m, a, b in reversed(runs):
         back = full[m] - kept[m] + beside           # with recompute, the layer's tensors come back
-        mlp_t = dh + back + x.backward_mlp_extra[m]
+        extra = x.backward_mlp_extra[m]
+        if x.mlp_grad_moment and m in x.mlp_grad_moment:   # a weight gradient made inside the MLP's
+            act, grad = x.mlp_grad_moment[m]                 # backward: new unless accumulating
+            extra = np.maximum(extra, act + grad * new) if isinstance(extra, np.ndarray) else max(extra, act + grad * new)
+        mlp_t = dh + back + extra
         attn_t = dh + (np.maximum(back + attn_extra[m], 0) if isinstance(back, np.ndarray) else max(back + attn_extra[m], 0))
         for i in sorted({b - 1, a}, reverse=True):  # the two ends of the run
             k = b - 1 - i
@@ -567,6 +575,7 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
         autocast_cache=cache, cache_attn=attn_c, cache_mlp=mlp_c, cache_head=head_c,
         step_extra=step_temporaries(optimizer, optimizer_impl, sizes, p),
         layers=layers, backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers},
+        mlp_grad_moment={m: mlp_gradient_moment(spec, sc, m) for m in layers},
         stage=None if whole else st)
     return spec, sc, inputs
 
@@ -613,7 +622,7 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
 
 
 def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):
-    """Extra bytes at the peak of an MLP's backward, over its saved tensors (chapter 04).
+    """Extra activation bytes at the peak of an MLP's backward, over its saved tensors (chapter 04).
 
     Dense SwiGLU: the gradients of gate and up together, ``2·2·T·I`` (the gradient of
     ``act·up`` replaces down's saved input, which its backward has freed).
@@ -627,22 +636,31 @@ def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):
       gradient of the experts' output and the product ``grad · output`` reduced to the
       weights' gradient: ``3·e·S·H``;
     * ``act·up``'s ``mul``: the gradient of down's input and those of ``act`` and ``up``,
-      after the experts' output and down's input are freed, with down's weight gradient
-      (``E·I·H``, master weights' bytes) just made, the int64 un-permuting index freed:
-      ``e·S·(2·I − H) + p·E·I·H − 8·S``.
+      after the experts' output and down's input are freed, the int64 un-permuting index
+      freed too: ``e·S·(2·I − H) − 8·S``.  Down's weight gradient has just been made then
+      (:func:`mlp_gradient_moment`: a new gradient unless gradients accumulate).
 
     (The bench, whose counting dispatch mode makes autograd take the out-of-place
     ``index_put`` in the un-permuting index's backward, peaks one step earlier with the
     same ``3·e·S·H``.)
     """
     if moe:
-        e = sc.residual_bytes
-        S, H, Im = sc.tokens * spec.experts_per_token, spec.hidden_size, spec.moe_intermediate_size
-        p = 4 if sc.mixed else 2
-        routing_mul = 3 * e * S * H
-        act_up_mul = e * S * (2 * Im - H) + p * spec.num_experts * Im * H - 8 * S   # the un-permuting index is freed
+        routing_mul = 3 * sc.residual_bytes * sc.tokens * spec.experts_per_token * spec.hidden_size
+        act_up_mul = mlp_gradient_moment(spec, sc, moe)[0]
         return np.maximum(routing_mul, act_up_mul) if isinstance(routing_mul, np.ndarray) else max(routing_mul, act_up_mul)
     return 2 * 2 * sc.tokens * spec.intermediate_size
+
+
+def mlp_gradient_moment(spec: ModelSpec, sc: Scenario, moe: bool):
+    """The moment of an MoE layer's backward where the routed experts' down weight gradient
+    has just been made (chapter 04): ``(activation bytes over the saved tensors, gradient
+    bytes)`` = ``(e·S·(2·I − H) − 8·S, p·E·I·H)`` at ``act·up``'s ``mul`` (see
+    :func:`mlp_backward_extra`); ``(0, 0)`` for a dense MLP, whose peak comes first."""
+    if not moe:
+        return 0, 0
+    e, p = sc.residual_bytes, 4 if sc.mixed else 2
+    S, H, Im = sc.tokens * spec.experts_per_token, spec.hidden_size, spec.moe_intermediate_size
+    return e * S * (2 * Im - H) - 8 * S, p * spec.num_experts * Im * H
 
 
 class Recipe(NamedTuple):
@@ -724,4 +742,4 @@ OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD", "sgd_momentum": "SGD + momen
 
 __all__ = ["train_memory", "state_bytes", "RECIPES", "Recipe", "step_timeline", "prepare_step", "summarize", "Mark", "Stage",
            "StepInputs", "matmul_weight_params", "largest_param_tensor", "step_temporaries",
-           "checkpointed_inputs", "checkpoint_beside_recomputed", "final_output_at_loss", "kept_per_layer", "mlp_backward_extra", "COMPONENTS", "PHASES"]
+           "checkpointed_inputs", "checkpoint_beside_recomputed", "final_output_at_loss", "kept_per_layer", "mlp_backward_extra", "mlp_gradient_moment", "COMPONENTS", "PHASES"]

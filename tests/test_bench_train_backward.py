@@ -24,7 +24,7 @@ from memlib.activations import layer_tensors  # noqa: E402
 from memlib.measure import measure_train  # noqa: E402
 from memlib.scenario import Scenario  # noqa: E402
 from memlib.spec import load_spec  # noqa: E402
-from memlib.training import mlp_backward_extra, train_memory  # noqa: E402
+from memlib.training import mlp_backward_extra, mlp_gradient_moment, train_memory  # noqa: E402
 
 pytestmark = pytest.mark.bench
 
@@ -54,15 +54,19 @@ def test_expert_tensors_by_hand():
 
 
 def test_backward_extra_by_hand():
-    # I = 48: routing mul 3·e·S·H beats e·S·(2I − H) + p·E·I·H − 8·S
+    # I = 48: routing mul 3·e·S·H beats e·S·(2I − H) − 8·S (+ down's weight gradient p·E·I·H)
     spec = load_spec(tiny_moe(48))
     assert mlp_backward_extra(spec, Scenario(1, T, "bf16"), True) == 3 * 2 * S * H == 786432
     assert mlp_backward_extra(spec, Scenario(1, T, "mixed"), True) == 3 * 4 * S * H == 1572864
-    # I = 256: act·up's mul wins: 2·2048·448 + 2·8·256·64 − 8·2048 = 1,835,008 + 262,144 − 16,384
-    # = 2,080,768 > 3·2·2048·64 = 786,432
+    assert mlp_gradient_moment(spec, Scenario(1, T, "bf16"), True) == (2 * S * (96 - H) - 8 * S, 2 * E * 48 * H)
+    # I = 256: act·up's mul wins: 2·2048·448 − 8·2048 = 1,818,624 > 3·2·2048·64 = 786,432, and with
+    # down's new weight gradient (2·8·256·64 = 262,144) the MLP's backward holds 2,080,768 over its
+    # saved tensors (not when gradients accumulate: the new gradient is added in place)
     spec = load_spec(tiny_moe(256))
-    assert mlp_backward_extra(spec, Scenario(1, T, "bf16"), True) == 2 * S * (2 * 256 - H) + 2 * E * 256 * H - 8 * S
-    assert 2 * S * (2 * 256 - H) + 2 * E * 256 * H - 8 * S == 2080768
+    sc = Scenario(1, T, "bf16")
+    assert mlp_backward_extra(spec, sc, True) == 2 * S * (2 * 256 - H) - 8 * S == 1818624
+    act, grad = mlp_gradient_moment(spec, sc, True)
+    assert act + grad == 1818624 + 262144 == 2080768
 
 
 #: Bytes the bench counts that memlib does not model: AdamW's scalar step counters (fused:
