@@ -221,17 +221,26 @@ def _latent_attention(layer: _Layer, spec: ModelSpec, sc: Scenario):
     layer.put("attn.out", 2 * T * nh * spec.v_head_dim, "attention", ("T", "v"), ("o",) if eager else ())
 
 
-def _gated_mlp(layer: _Layer, width: int, rows, prefix="mlp", axes=("T", "I"), down_input_for=()):
+def _gated_mlp(layer: _Layer, width: int, rows, prefix="mlp", axes=("T", "I"), down_input_for=(),
+               dtype_bytes: int = 2):
     """A SwiGLU MLP over ``rows`` tokens keeps gate, up, act(gate) and act·up (down's input,
-    needed only for down's gradient when ``down_input_for`` names it)."""
+    needed only for down's gradient when ``down_input_for`` names it), ``dtype_bytes`` each."""
     for name in ("gate", "up", "act"):
-        layer.put(f"{prefix}.{name}", 2 * rows * width, "mlp", axes)
-    layer.put(f"{prefix}.act_times_up", 2 * rows * width, "mlp", axes, down_input_for)
+        layer.put(f"{prefix}.{name}", dtype_bytes * rows * width, "mlp", axes)
+    layer.put(f"{prefix}.act_times_up", dtype_bytes * rows * width, "mlp", axes, down_input_for)
 
 
 def _moe(layer: _Layer, spec: ModelSpec, sc: Scenario):
-    """A routed MoE block as transformers runs it (grouped matmuls over gathered tokens)."""
+    """A routed MoE block as transformers runs it (grouped matmuls over gathered tokens).
+
+    The routed experts compute in the master weights' dtype: transformers calls
+    ``grouped_mm(input.to(weight.dtype), weight)`` (``integrations/moe.py``), which has no
+    autocast rule, so under mixed precision the gathered tokens, the fused gate/up output,
+    ``act(gate)``, ``act·up`` and the experts' output are fp32 (``e = 4`` bytes, else 2):
+    ``e·T·k·(2H + 4·I_moe)`` per layer.
+    """
     T, H, E, k = sc.tokens, spec.hidden_size, spec.num_experts, spec.experts_per_token
+    e = sc.residual_bytes                        # the experts' dtype: the parameters'
     if spec.router_fp32:                         # the router casts its input and weight to fp32
         if sc.mixed:                             # ... which autocast casts back to bf16 for the matmul
             layer.put("moe.router_input", 2 * T * H, "mlp", ("T", "H"))
@@ -241,9 +250,10 @@ def _moe(layer: _Layer, spec: ModelSpec, sc: Scenario):
     layer.put("moe.router_probs_fp32", 4 * T * E, "mlp", ("T", "E"))
     layer.put("moe.routing_indices", 4 * 8 * T * k, "mlp", ("T", "k"))   # top-k, sort, expert ids, positions (int64)
     layer.put("moe.routing_weights", 2 * T * k, "mlp", ("T", "k"))
-    layer.put("moe.tokens_gathered", 2 * T * k * H, "mlp", ("T", "k", "H"), ("expert",))
-    _gated_mlp(layer, spec.moe_intermediate_size, T * k, prefix="moe.experts", axes=("T", "k", "I_moe"))
-    layer.put("moe.experts.down_out", 2 * T * k * H, "mlp", ("T", "k", "H"))
+    layer.put("moe.tokens_gathered", e * T * k * H, "mlp", ("T", "k", "H"), ("expert",))
+    _gated_mlp(layer, spec.moe_intermediate_size, T * k, prefix="moe.experts", axes=("T", "k", "I_moe"),
+               dtype_bytes=e)
+    layer.put("moe.experts.down_out", e * T * k * H, "mlp", ("T", "k", "H"))
     if spec.shared_intermediate_size:
         _gated_mlp(layer, spec.shared_intermediate_size, T, prefix="moe.shared", axes=("T", "I_shared"))
 
@@ -260,6 +270,13 @@ def _llama_layer(spec: ModelSpec, sc: Scenario, moe: bool) -> dict:
         _rmsnorm(layer, "post_attn_norm", spec, sc, H, T, consumers=0)
         _rmsnorm(layer, "pre_mlp_norm", spec, sc, H, T, consumers=2, readers=_READS_MLP_NORM)
         _rmsnorm(layer, "post_mlp_norm", spec, sc, H, T, consumers=0)
+    elif moe:
+        # the routed experts gather rows of the norm's output (an index saves only the
+        # indices); under autocast each Linear reading it saves its own bf16 cast: the
+        # router (unless it upcasts, see _moe) and the shared experts' gate and up
+        readers = 2 if spec.shared_intermediate_size else 0
+        _rmsnorm(layer, "post_attn_norm", spec, sc, H, T, consumers=readers + (not spec.router_fp32),
+                 readers=_READS_MLP_NORM)
     else:
         _rmsnorm(layer, "post_attn_norm", spec, sc, H, T, consumers=1 if spec.fused_gate_up else 2,
                  readers=_READS_MLP_NORM)
@@ -378,16 +395,26 @@ def layer_saved(spec: ModelSpec, sc: Scenario, moe: bool = False) -> dict:
 
 
 def causal_mask_bytes(spec: ModelSpec, sc: Scenario):
-    """The (B, 1, S, S) additive mask the model builds once per forward, in the parameters'
-    dtype, when the mask cannot stay implicit: eager attention (for families that build
-    one), or SDPA from a sliding window's length on.  It lives through the forward (and,
-    under full recompute, as a checkpoint input through the backward).  Chapter 03."""
+    """The mask the model builds once per forward when it cannot stay implicit: with eager
+    attention (for families that build one) a (B, 1, S, S) additive mask in the parameters'
+    dtype; with SDPA from a sliding window's length on, the window's (1, 1, S, S) boolean
+    mask (``S²`` bytes).  It lives through the forward (and, under full recompute, as a
+    checkpoint input through the backward).  Chapter 03."""
     B, S = sc.batch_size, sc.seq_len
     used = attention_used(spec, sc.attention)
-    explicit = used == "eager" and spec.eager_mask
     if spec.sliding_window and spec.num_sliding_layers and used == "sdpa":
-        explicit = S >= spec.sliding_window
-    return sc.residual_bytes * B * S * S * explicit
+        # the window's (1, 1, S, S) boolean mask; each layer makes its own (B, 1, S, S)
+        # additive copy (activations' attn.sliding_mask)
+        return S * S * (S >= spec.sliding_window)
+    explicit = used == "eager" and spec.eager_mask
+    return sc.residual_bytes * B * S * S * explicit * eager_masks(spec)
+
+
+def eager_masks(spec: ModelSpec) -> int:
+    """How many (B, 1, S, S) masks an eager forward builds: one per kind of layer, two when
+    full-attention and sliding-window layers alternate (Gemma 2), whatever the length
+    (chapter 03)."""
+    return 2 if spec.sliding_window and 0 < spec.num_sliding_layers < spec.num_layers else 1
 
 
 def model_tensors(spec: ModelSpec, sc: Scenario) -> dict:
@@ -427,10 +454,11 @@ def model_saved(spec: ModelSpec, sc: Scenario) -> dict:
 # inference: the prefill's transient tensors (nothing is saved for a backward)
 
 #: Eager prefill: the ``B·heads·S²`` score tensors alive at once, in bytes per element
-#: summed (Llama family: bf16 masked scores + fp32 copy + fp32 softmax = 10; GPT-2 keeps
-#: bf16 scaled scores, masked scores and softmax = 6; Falcon, whose K/V head is broadcast
-#: to every query head, 8).
-_EAGER_PREFILL_SCORES = {"llama": 10, "gpt2": 6, "falcon": 8, "opt": 10}
+#: summed (Llama family: bf16 masked scores + fp32 copy + fp32 softmax = 10; GPT-2: two
+#: bf16 tensors at a time, the product ``q·kᵀ`` and its scaled copy, then the scaled and
+#: the masked scores, then the masked scores and the softmax = 4; Falcon, whose K/V head is
+#: broadcast to every query head, 8).
+_EAGER_PREFILL_SCORES = {"llama": 10, "gpt2": 4, "falcon": 8, "opt": 10}
 #: Prefill MLP intermediates of ``T·I`` alive at once (SwiGLU: act(gate), up and their
 #: product; GPT-2's tanh GELU: 4; OPT's ReLU and Falcon's GELU: 2).
 _PREFILL_MLP = {"gpt2": 4, "opt": 2, "falcon": 2}
@@ -451,12 +479,16 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2, resi
     * in an MoE block, when the experts' outputs are combined: the gathered tokens, the
       experts' outputs, their weighted copy and the scattered result, ``4·T·k·H``;
     * in eager attention: the query states, the masked scores (bf16), their fp32 copy and
-      the fp32 softmax, ``10·B·n_heads·S²`` bytes, plus the causal mask (Phi-3 also holds
+      the fp32 softmax, ``10·B·n_heads·S²`` bytes, plus the causal mask (two where full and
+      sliding-window layers alternate, :func:`eager_masks`; Phi-3 also holds
       its fused q/k/v output, whose views q, k and v are; DeepSeek's MLA the projected
       query, its rotated part, the concatenated query states, the latents, ``kv_b``'s
       output and the assembled keys).  GPT-2 and Falcon keep the softmax
-      in bf16: GPT-2 holds the scaled scores, the masked scores and the softmax (6);
-      Falcon, whose K/V head is broadcast to every query head, 8.
+      in bf16: GPT-2 holds two score tensors at a time (4) and c_attn's fused output
+      (``3·T·H``, q, k and v are its views); Falcon, whose K/V head is broadcast to every
+      query head, 8;
+    * GPT-2's block keeps the attention's output (and in eager its softmax, with the
+      causal mask) alive through the MLP.
 
     ``residual_bytes`` (default ``dtype_bytes``): bytes per element of the residual stream,
     the embedding output and RoPE's tables; 4 for fp32 weights under autocast, whose
@@ -484,18 +516,27 @@ def prefill_transients(spec: ModelSpec, sc: Scenario, dtype_bytes: int = 2, resi
         out["mlp"] = always + 2 * hidden + (4 if spec.fused_gate_up else 3) * a * T * I
     else:
         out["mlp"] = always + 2 * hidden + _PREFILL_MLP[spec.block_style] * a * T * I
+    if spec.block_style == "gpt2":
+        # GPT2Block keeps `attn_output, self_attn_weights = self.attn(...)` alive through the
+        # MLP: attention's output (a·T·H) and, in eager, its softmax (a·B·heads·S²), next
+        # to the causal mask (a·B·S², built once per forward)
+        out["mlp"] = out["mlp"] + a * T * H
+        if attention_used(spec, sc.attention) == "eager":
+            out["mlp"] = out["mlp"] + a * B * S * S + a * B * nh * S * S
     if spec.is_moe and spec.moe_layers[-1]:
         k, Im = spec.experts_per_token, spec.moe_intermediate_size
         out["mlp"] = always + 2 * hidden + a * T * k * (H + 3 * Im)
         out["moe_combine"] = always + 2 * hidden + 4 * a * T * k * H
     if attention_used(spec, sc.attention) == "eager":
         scores = _EAGER_PREFILL_SCORES[spec.block_style] * B * nh * S * S
-        mask = a * B * S * S
+        mask = a * B * S * S * eager_masks(spec)
         repeated = 2 * a * T * nh * hd if spec.num_kv_heads != nh else 0
         q_dim = nh * hd
         held = q_dim                       # the query states
         if spec.qkv_views:                 # q, k and v are views: the fused output stays alive
             held = 2 * q_dim + 2 * spec.num_kv_heads * hd
+        elif spec.block_style == "gpt2":   # c_attn's fused output, whose splits q, k and v are
+            held = 3 * q_dim
         if spec.is_mla:                    # q, its rotated part, the query states, the latents,
             rope, kv_b = spec.qk_rope_head_dim, nh * (spec.qk_nope_head_dim + spec.v_head_dim)
             held = 3 * q_dim + nh * rope + spec.kv_lora_rank + rope + kv_b   # kv_b's output, the keys

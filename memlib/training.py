@@ -41,8 +41,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .activations import (causal_mask_bytes, is_quadratic, layer_tensors, model_tensors, total_bytes,
-                          without_frozen)
+from .activations import (causal_mask_bytes, eager_masks, is_quadratic, layer_tensors, model_tensors,
+                          total_bytes, without_frozen)
 from .breakdown import Breakdown
 from .optimizers import optimizer_state_bytes
 from .params import (attention_params, count_params, layer_params, mlp_params, named_linears, norm_params, param_sizes,
@@ -212,6 +212,9 @@ class StepInputs:
     ``model_level`` (the records outside the layers: RoPE tables, final norm, loss) and
     ``flowing`` (the bytes of the gradient passed from layer to layer) default to the
     single-device values; a parallel plan replaces them for one rank (chapter 05).
+    ``mlp_grad_moment`` maps a layer kind to the MLP backward's moment where a weight
+    gradient has just been made (:func:`mlp_gradient_moment`; the routed experts' down
+    projection): that gradient is new memory unless gradients accumulate.
     """
 
     weights: int
@@ -230,6 +233,7 @@ class StepInputs:
     layers: dict
     backward_mlp_extra: dict
     frozen_head: bool = False   # LoRA: the final norm and lm_head do not train
+    mlp_grad_moment: dict | None = None   # {moe: (activation bytes, new weight gradient bytes)}, mlp_gradient_moment
     stage: Stage | None = None
     mlp_weight_grad: dict | None = None   # {moe: bytes of the largest MLP weight's gradient} (default: grads_before_mlp)
     model_level: dict | None = None   # Saved records outside the layers (default: model_tensors)
@@ -251,6 +255,8 @@ def _backward_attention_extra(tensors: dict):
     Llama family: ``2 × 4·B·heads·S²``), after the bf16 probabilities are freed.
     """
     extra = -total_bytes([t for t in tensors.values() if t.half == "mlp"])
+    # the merged heads kept only for o_proj's weight gradient are freed by o_proj's backward
+    extra = extra - total_bytes([t for t in tensors.values() if t.half == "attn" and t.needed_by == ("o",)])
     if "attn.softmax" in tensors:      # the gradients of the probabilities and of the scores
         probs = tensors["attn.probs_bf16"].nbytes if "attn.probs_bf16" in tensors else 0
         extra = extra + 2 * tensors["attn.softmax"].nbytes - probs
@@ -261,6 +267,26 @@ def checkpointed_inputs(spec: ModelSpec, sc: Scenario, recompute: str):
     """Model-level tensors that full recompute keeps as checkpoint inputs of every layer,
     beyond the hidden states: the explicit causal mask (if any) and the position ids (chapter 03)."""
     return causal_mask_bytes(spec, sc) + 8 * sc.seq_len if recompute == "full" else 0
+
+
+def final_output_at_loss(spec: ModelSpec, sc: Scenario):
+    """Bytes of the final norm's output alive beside its saved copies while the model computes
+    its loss (chapter 04): under autocast lm_head reads a bf16 cast of the fp32 output, which
+    the model's output object holds until the loss (computed inside the forward, from
+    ``labels``) is done: ``4·T·H``; 0 in bf16, where lm_head saves the output itself."""
+    return sc.residual_bytes * sc.tokens * spec.hidden_size if sc.mixed and spec.final_norm else 0
+
+
+def checkpoint_beside_recomputed(spec: ModelSpec, sc: Scenario, recompute: str):
+    """Bytes of a checkpointed layer's input that stay alive beside its recomputed saved
+    tensors during its backward (chapter 03): with full recompute the checkpoint holds
+    the input until the layer's backward ends.  When a saved tensor is the input itself
+    (a LayerNorm saves its input; under mixed precision an RMSNorm's ``x.float()`` of the
+    fp32 residual is ``x``) it is already counted; an RMSNorm over a bf16 residual saves
+    an fp32 copy instead, and the bf16 input is extra: ``2·T·H``."""
+    if recompute != "full" or sc.mixed or spec.norm == "layer":
+        return 0
+    return sc.residual_bytes * sc.tokens * spec.hidden_size
 
 
 def kept_per_layer(sc: Scenario, spec: ModelSpec, tensors: dict, recompute: str):
@@ -344,7 +370,8 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     cache = x.autocast_cache
     if st.has_head:
         acts = acts + head_saved
-        mark("forward", "loss", accum, cache, acts, 2 * T * V + logits_fp32 + log_softmax)
+        mark("forward", "loss", accum, cache, acts,
+             2 * T * V + logits_fp32 + log_softmax + final_output_at_loss(spec, sc))
         acts = acts + log_softmax
     mark("forward", "end", accum, cache, acts, 0)
     saved_at_end = acts
@@ -366,13 +393,23 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     else:
         grads = accum
         mark("backward", "incoming gradient", grads, layers_cache, acts, dh)
+    beside = checkpoint_beside_recomputed(spec, sc, recompute)
+    # with two kinds of mask (full and sliding layers alternating), the checkpoints of the
+    # other kind are all done by the first layer's backward: its mask is freed
+    other_kind_mask = (mask // 2) * (recompute == "full" and eager_masks(spec) == 2)
     for m, a, b in reversed(runs):
-        back = full[m] - kept[m]                    # with recompute, the layer's tensors come back
-        mlp_t = dh + back + x.backward_mlp_extra[m]
+        back = full[m] - kept[m] + beside           # with recompute, the layer's tensors come back
+        extra = x.backward_mlp_extra[m]
+        if x.mlp_grad_moment and m in x.mlp_grad_moment:   # a weight gradient made inside the MLP's
+            act, grad = x.mlp_grad_moment[m]                 # backward: new unless accumulating
+            extra = np.maximum(extra, act + grad * new) if isinstance(extra, np.ndarray) else max(extra, act + grad * new)
+        mlp_t = dh + back + extra
         attn_t = dh + (np.maximum(back + attn_extra[m], 0) if isinstance(back, np.ndarray) else max(back + attn_extra[m], 0))
         for i in sorted({b - 1, a}, reverse=True):  # the two ends of the run
             k = b - 1 - i
             g, ac = grads + k * gl[m] * new, acts - k * kept[m]
+            if i == 0:
+                ac = ac - other_kind_mask
             # the copies of the layers done so far are freed; this one's MLP copies go
             # with the MLP's backward (recomputed layers cast their own again)
             c = cl[m] if recompute_casts else layers_cache - k * cl[m]
@@ -565,6 +602,7 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
         autocast_cache=cache, cache_attn=attn_c, cache_mlp=mlp_c, cache_head=head_c,
         step_extra=step_temporaries(optimizer, optimizer_impl, sizes, p),
         layers=layers, backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers},
+        mlp_grad_moment={m: mlp_gradient_moment(spec, sc, m) for m in layers},
         stage=None if whole else st)
     return spec, sc, inputs
 
@@ -612,10 +650,45 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
 
 
 def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):
-    """Extra bytes in an MLP's backward: the gradients of its two inputs (gate and up) together (chapter 04)."""
+    """Extra activation bytes at the peak of an MLP's backward, over its saved tensors (chapter 04).
+
+    Dense SwiGLU: the gradients of gate and up together, ``2·2·T·I`` (the gradient of
+    ``act·up`` replaces down's saved input, which its backward has freed).
+
+    Routed experts (``e`` bytes: fp32 under mixed precision, see
+    :func:`memlib.activations.layer_tensors`), over ``S = T·k`` token-expert rows, the
+    larger of two moments of ``grouped_mm_experts_forward``'s backward:
+
+    * the routing weights' ``mul``: the gradient of the weighted output (the sum over
+      ``k`` and the un-permuting index give it back as a new ``S × H`` tensor), the
+      gradient of the experts' output and the product ``grad · output`` reduced to the
+      weights' gradient: ``3·e·S·H``;
+    * ``act·up``'s ``mul``: the gradient of down's input and those of ``act`` and ``up``,
+      after the experts' output and down's input are freed, the int64 un-permuting index
+      freed too: ``e·S·(2·I − H) − 8·S``.  Down's weight gradient has just been made then
+      (:func:`mlp_gradient_moment`: a new gradient unless gradients accumulate).
+
+    (The bench, whose counting dispatch mode makes autograd take the out-of-place
+    ``index_put`` in the un-permuting index's backward, peaks one step earlier with the
+    same ``3·e·S·H``.)
+    """
     if moe:
-        return 2 * 2 * sc.tokens * spec.experts_per_token * spec.moe_intermediate_size
+        routing_mul = 3 * sc.residual_bytes * sc.tokens * spec.experts_per_token * spec.hidden_size
+        act_up_mul = mlp_gradient_moment(spec, sc, moe)[0]
+        return np.maximum(routing_mul, act_up_mul) if isinstance(routing_mul, np.ndarray) else max(routing_mul, act_up_mul)
     return 2 * 2 * sc.tokens * spec.intermediate_size
+
+
+def mlp_gradient_moment(spec: ModelSpec, sc: Scenario, moe: bool):
+    """The moment of an MoE layer's backward where the routed experts' down weight gradient
+    has just been made (chapter 04): ``(activation bytes over the saved tensors, gradient
+    bytes)`` = ``(e·S·(2·I − H) − 8·S, p·E·I·H)`` at ``act·up``'s ``mul`` (see
+    :func:`mlp_backward_extra`); ``(0, 0)`` for a dense MLP, whose peak comes first."""
+    if not moe:
+        return 0, 0
+    e, p = sc.residual_bytes, 4 if sc.mixed else 2
+    S, H, Im = sc.tokens * spec.experts_per_token, spec.hidden_size, spec.moe_intermediate_size
+    return e * S * (2 * Im - H) - 8 * S, p * spec.num_experts * Im * H
 
 
 class Recipe(NamedTuple):
@@ -697,4 +770,5 @@ OPTIMIZER_LABELS = {"adamw": "AdamW", "sgd": "SGD", "sgd_momentum": "SGD + momen
 
 __all__ = ["train_memory", "state_bytes", "RECIPES", "Recipe", "step_timeline", "prepare_step", "summarize", "Mark", "Stage",
            "StepInputs", "matmul_weight_params", "largest_param_tensor", "step_temporaries",
-           "checkpointed_inputs", "kept_per_layer", "mlp_backward_extra", "largest_mlp_weight", "COMPONENTS", "PHASES"]
+           "checkpointed_inputs", "checkpoint_beside_recomputed", "final_output_at_loss", "kept_per_layer",
+           "mlp_backward_extra", "mlp_gradient_moment", "largest_mlp_weight", "COMPONENTS", "PHASES"]

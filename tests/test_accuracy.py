@@ -94,24 +94,30 @@ def test_load_records_skips_a_line_being_written(tmp_path):
 
 
 def test_residuals_in_the_unit_of_their_cause():
-    # gemma-2-9b prefill, b=1, s=2048: a second (b, 1, s, s) bf16 mask = 2 * 1 * 2048**2 bytes
-    mask = 2 * 1 * 2048 ** 2
-    g = row("prefill", -mask / 2e9, model="gemma-2-9b", measured=2_000_000_000, batch_size=1, seq_len=2048,
-            attention="sdpa")
-    g["predicted"] = g["measured"] - mask
-    # Qwen3-30B-A3B, b=4, s=8192: two hidden-size bf16 tensors = 2 * (4 * 8192 * 2048 * 2) bytes
-    hidden2 = 2 * (4 * 8192 * 2048 * 2)
-    t = row("train", -hidden2 / 250e9, model="Qwen3-30B-A3B", measured=250_000_000_000, batch_size=4,
-            seq_len=8192, attention="sdpa", recompute="full", precision="bf16")
-    t["predicted"] = t["measured"] - hidden2
+    # falcon-7b-instruct eager prefill, b=1, s=2048: one hidden-size bf16 tensor fewer = 2048 * 4544 * 2 bytes
+    hidden = 1 * 2048 * 4544 * 2
+    g = row("prefill", hidden / 2e9, model="falcon-7b-instruct", measured=2_000_000_000, batch_size=1,
+            seq_len=2048, attention="eager")
+    g["predicted"] = g["measured"] + hidden
+    # opt-13b prefill, b=4, s=512: two hidden-size bf16 tensors = 2 * (4 * 512 * 5120 * 2) bytes
+    hidden2 = 2 * (4 * 512 * 5120 * 2)
+    o = row("prefill", -hidden2 / 30e9, model="opt-13b", measured=30_000_000_000, batch_size=4,
+            seq_len=512, attention="eager")
+    o["predicted"] = o["measured"] - hidden2
+    # a training residual with no documented cause
+    t = row("train", -0.01, model="Llama-3.1-8B", measured=100_000_000_000, batch_size=1, seq_len=512,
+            attention="sdpa", recompute="full", precision="bf16")
     small = row("train", -1e-5, model="Llama-3.1-8B", attention="sdpa", recompute="none")
-    table = A.residual_table([g, t, small])
-    assert [x["kind"] for x in table] == ["prefill", "train"]                 # below 0.1 %: not listed
-    assert table[0]["in_units"] == "exactly 1x" and "mask" in table[0]["cause"]
-    assert table[1]["in_units"] == "exactly 2x" and table[1]["residual_min"] == hidden2
+    table = A.residual_table([g, o, t, small])
+    assert [x["kind"] for x in table] == ["prefill", "prefill", "train"]       # below 0.1 %: not listed
+    by_model = {x["where"].split()[0]: x for x in table}
+    assert by_model["falcon-7b-instruct"]["in_units"] == "exactly -1x"
+    assert "fewer" in by_model["falcon-7b-instruct"]["cause"]
+    assert by_model["opt-13b"]["in_units"] == "exactly 2x" and by_model["opt-13b"]["residual_min"] == hidden2
+    assert table[2]["cause"] == "not traced" and table[2]["unit"] is None
     ex = A.exclusion_table([{**g, "error": None, "excluded": "CPU math"}, {**t, "error": None, "excluded": "CPU math"}])
-    assert ex == [{"kind": "prefill", "reason": "CPU math", "points": 1, "models": ["gemma-2-9b"]},
-                  {"kind": "train", "reason": "CPU math", "points": 1, "models": ["Qwen3-30B-A3B"]}]
+    assert ex == [{"kind": "prefill", "reason": "CPU math", "points": 1, "models": ["falcon-7b-instruct"]},
+                  {"kind": "train", "reason": "CPU math", "points": 1, "models": ["Llama-3.1-8B"]}]
 
 
 @pytest.mark.parametrize("kind", ["prefill", "train"])

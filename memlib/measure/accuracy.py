@@ -334,20 +334,10 @@ def _hidden(p):            # one hidden-size bf16 tensor
     return p["batch_size"] * p["seq_len"] * _spec(p["model"]).hidden_size * 2
 
 
-def _square_bf16(p):       # one (b, 1, s, s) bf16 mask
-    return 2 * p["batch_size"] * p["seq_len"] ** 2
-
-
 #: Known residuals: ``(kind, model or None for any, test(point), unit(point) -> bytes, unit name,
 #: cause)``.  :func:`residual_table` expresses each residual in its unit; a residual that is the
 #: same whole multiple of the unit at every point of its group is an exact match.
 RESIDUAL_CAUSES = (
-    ("prefill", "gemma-2-9b", lambda p: True, _square_bf16, "(b,1,s,s) bf16 masks",
-     "Gemma 2 alternates full and sliding layers and transformers builds a mask for each kind; "
-     "memlib counts one"),
-    ("prefill", "gpt2", lambda p: True, _hidden, "hidden-size tensors",
-     "one more hidden-size tensor alive at the peak than in the Llama code path memlib follows "
-     "(from the size; not traced)"),
     ("prefill", "opt-13b", lambda p: True, _hidden, "hidden-size tensors",
      "one hidden-size tensor fewer alive at the peak than memlib counts (from the size; not traced)"),
     ("prefill", "falcon-7b-instruct", lambda p: True, _hidden, "hidden-size tensors",
@@ -355,9 +345,6 @@ RESIDUAL_CAUSES = (
      "not traced)"),
     ("prefill", "Qwen3-30B-A3B", lambda p: True, _hidden, "hidden-size tensors",
      "MoE routing tensors; not traced"),
-    ("train", "Qwen3-30B-A3B", lambda p: True, _hidden, "hidden-size tensors",
-     "the routed experts' backward holds more token-by-expert tensors than memlib counts (SDPA, full "
-     "recompute, 32K tokens: the only point where that moment is the peak; not traced)"),
 )
 
 

@@ -24,7 +24,7 @@ from ..activations import model_tensors
 from ..lora import first_layer_unsaved, lora_step
 from ..optimizers import tensor_state_bytes
 from ..params import count_params, param_sizes
-from ..training import _cache_parts, prepare_step, step_temporaries, step_timeline
+from ..training import _cache_parts, final_output_at_loss, prepare_step, step_temporaries, step_timeline
 from .logprobs import vocab_bytes
 from .roles import Role, value_optimizer_bytes, value_param_sizes, value_spec
 
@@ -165,6 +165,8 @@ def policy_step(role: Role, sequences: int, seq_len: int, *, positions: int | No
     for mk, p in _adjusted(marks, adapters, first, outside):
         if mk.phase == "forward" and mk.label == "loss":
             p["transient"] -= old_forward + old_saved
+            if logprob != "sft":      # log-probabilities come from the returned logits: the model's
+                p["transient"] -= final_output_at_loss(spec, sc)   # forward, and its fp32 output, are done
             p["logits"], p["logprobs"] = new.forward, new.saved
             after_loss = True
         elif mk.phase == "forward" and mk.label == "end" and after_loss:
