@@ -118,7 +118,8 @@ def _rmsnorm(layer: _Layer, prefix: str, spec: ModelSpec, sc: Scenario, width: i
         layer.put(f"{prefix}.output", (2 * consumers if sc.mixed else r) * rows * width, block, axes, readers)
 
 
-def _layernorm(layer: _Layer, prefix: str, sc: Scenario, width: int, rows, consumers: int, readers=()):
+def _layernorm(layer: _Layer, prefix: str, sc: Scenario, width: int, rows, consumers: int, readers=(),
+               block="norms"):
     """One LayerNorm (GPT-2, OPT, Falcon): its input, mean and rstd, and its output.
 
     Under CUDA autocast ``layer_norm`` runs in fp32, so its output is cast to bf16 once
@@ -127,10 +128,10 @@ def _layernorm(layer: _Layer, prefix: str, sc: Scenario, width: int, rows, consu
     final norm's is marked as ``lm_head``'s input.)
     """
     r = sc.residual_bytes
-    layer.put(f"{prefix}.input", r * rows * width, "norms", ("T", "H"))
-    layer.put(f"{prefix}.mean_rstd", 2 * r * rows, "norms", ("T",))
+    layer.put(f"{prefix}.input", r * rows * width, block, ("T", "H"))
+    layer.put(f"{prefix}.mean_rstd", 2 * r * rows, block, ("T",))
     if consumers:
-        layer.put(f"{prefix}.output", (2 * consumers if sc.mixed else r) * rows * width, "norms", ("T", "H"),
+        layer.put(f"{prefix}.output", (2 * consumers if sc.mixed else r) * rows * width, block, ("T", "H"),
                   readers)
 
 
@@ -433,16 +434,15 @@ def model_tensors(spec: ModelSpec, sc: Scenario) -> dict:
     else:
         layer.put("rope.cos_sin", 0, "model", ("S",))
     if spec.norm == "layer":
-        _layernorm(layer, "final_norm", sc, H, T, consumers=1, readers=("lm_head",))
+        _layernorm(layer, "final_norm", sc, H, T, consumers=1, readers=("lm_head",), block="model")
     else:
-        _rmsnorm(layer, "final_norm", spec, sc, H, T, consumers=1, readers=("lm_head",))
+        _rmsnorm(layer, "final_norm", spec, sc, H, T, consumers=1, readers=("lm_head",), block="model")
     _dropout_mask(layer, "embedding.dropout_mask", sc, spec.embedding_dropout, T * H, ("T", "H"), block="model")
     if spec.final_softcap:
         layer.put("loss.softcap_tanh", 2 * T * spec.vocab_size, "model", ("T", "V"))
     layer.put("loss.log_softmax_fp32", 4 * T * spec.vocab_size, "model", ("T", "V"))
     layer.put("loss.shifted_labels", 8 * T, "model", ("T",))
-    return {k: Saved(t.name, t.nbytes, "model" if t.block == "norms" else t.block, "model", t.axes, t.needed_by)
-            for k, t in layer.out.items()}
+    return layer.out
 
 
 def model_saved(spec: ModelSpec, sc: Scenario) -> dict:

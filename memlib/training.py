@@ -554,6 +554,45 @@ def _stage_params(spec: ModelSpec, st: Stage) -> int:
     return n
 
 
+@lru_cache(maxsize=1024)
+def _state_inputs(spec: ModelSpec, p: int, optimizer: str, optimizer_impl: str, st: Stage):
+    """The parts of a step's :class:`StepInputs` that depend on the model, the parameters'
+    bytes ``p`` (2 in bf16, 4 under mixed precision), the optimizer and the stage, not on
+    batch size or sequence length (cached, so a sweep of calls pays for them once):
+    ``(weights, optimizer state, step temporaries, autocast cache at the end of the forward,
+    (cache_attn, cache_mlp, cache_head))``, in bytes (chapter 04)."""
+    whole = st == Stage.whole(spec)
+    mixed = p == 4
+    kinds = set(spec.moe_layers)
+    attn_c, mlp_c, head_c = _cache_parts(spec) if mixed else ({m: 0 for m in kinds}, {m: 0 for m in kinds}, 0)
+    head_c = head_c if st.has_head else 0
+    cache = 0
+    if mixed:
+        n_moe = sum(spec.moe_layers[st.first:st.last])
+        n_dense = st.last - st.first - n_moe
+        cache = (head_c + n_dense * (attn_c.get(False, 0) + mlp_c.get(False, 0))
+                 + n_moe * (attn_c.get(True, 0) + mlp_c.get(True, 0)))
+    if whole:
+        weights = total_params(spec) * p
+        opt = optimizer_state_bytes(spec, optimizer, state_bytes=p)
+    else:
+        n = _stage_params(spec, st)
+        weights = n * p
+        opt = optimizer_state_bytes(spec, optimizer, state_bytes=p) * n // total_params(spec)
+    sizes = param_sizes(spec)
+    if not whole:      # the stage's share of the whole model's step temporaries (foreach: exact)
+        all_bytes = total_params(spec) * p
+        sizes = tuple(v * weights // all_bytes for v in sizes)
+    step_extra = step_temporaries(optimizer, optimizer_impl, sizes, p)
+    return weights, opt, step_extra, cache, (attn_c, mlp_c, head_c)
+
+
+@lru_cache(maxsize=256)
+def _mlp_weight_grads(spec: ModelSpec, p: int) -> dict:
+    """``{moe: bytes}`` of the gradient of one layer's largest MLP weight (:func:`largest_mlp_weight`)."""
+    return {m: largest_mlp_weight(spec, m) * p for m in set(spec.moe_layers)}
+
+
 def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer: str = "adamw",
                  recompute: str = "none", attention: str = "sdpa", grad_accum: int = 1,
                  stage: Stage | None = None, _bench_cpu: bool = False,
@@ -574,33 +613,15 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     p = 4 if sc.mixed else 2
     head, per_layer, emb, tied = _grads_by_part(spec, p)
     layers = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
-    attn_c, mlp_c, head_c = _cache_parts(spec) if sc.mixed else ({m: 0 for m in layers}, {m: 0 for m in layers}, 0)
-    head_c = head_c if st.has_head else 0
-    cache = 0
-    if sc.mixed:
-        n_moe = sum(spec.moe_layers[st.first:st.last])
-        n_dense = st.last - st.first - n_moe
-        cache = (head_c + n_dense * (attn_c.get(False, 0) + mlp_c.get(False, 0))
-                 + n_moe * (attn_c.get(True, 0) + mlp_c.get(True, 0)))
-    if whole:
-        weights = total_params(spec) * p
-        opt = optimizer_state_bytes(spec, optimizer, state_bytes=p)
-    else:
-        n = _stage_params(spec, st)
-        weights = n * p
-        opt = optimizer_state_bytes(spec, optimizer, state_bytes=p) * n // total_params(spec)
-    sizes = param_sizes(spec)
-    if not whole:      # the stage's share of the whole model's step temporaries (foreach: exact)
-        all_bytes = total_params(spec) * p
-        sizes = tuple(v * weights // all_bytes for v in sizes)
+    weights, opt, step_extra, cache, (attn_c, mlp_c, head_c) = _state_inputs(spec, p, optimizer, optimizer_impl, st)
     inputs = StepInputs(
         weights=weights, optimizer=opt,
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,
         grads_before_mlp=_grads_before(spec, p, params_before_mlp),
         grads_before_attention=_grads_before(spec, p, params_before_attention),
-        mlp_weight_grad={m: largest_mlp_weight(spec, m) * p for m in per_layer},
+        mlp_weight_grad=_mlp_weight_grads(spec, p),
         autocast_cache=cache, cache_attn=attn_c, cache_mlp=mlp_c, cache_head=head_c,
-        step_extra=step_temporaries(optimizer, optimizer_impl, sizes, p),
+        step_extra=step_extra,
         layers=layers, backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers},
         mlp_grad_moment={m: mlp_gradient_moment(spec, sc, m) for m in layers},
         stage=None if whole else st)

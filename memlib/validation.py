@@ -17,6 +17,8 @@ def positive_int(field: str, value, minimum: int = 1):
     Raises ``ValueError`` naming ``field`` otherwise: negative, zero, non-integer,
     boolean or non-numeric values are all rejected.
     """
+    if type(value) is int and value >= minimum:   # the common case, checked first: it is fast
+        return value
     if isinstance(value, np.ndarray):
         if value.size == 0:
             raise ValueError(f"{field}: an empty array; give at least one value >= {minimum}")
