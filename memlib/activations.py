@@ -30,10 +30,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .params import layer_linear_params
-from .scenario import RECOMPUTE, Scenario, attention_used
-from .spec import ModelSpec
-from .validation import exact_sweeps
+import numpy as np
+
+from .breakdown import Breakdown
+from .params import layer_linear_params, total_params
+from .scenario import RECOMPUTE, Scenario, attention_used, check_seq_len
+from .spec import ModelSpec, load_spec
+from .validation import choice, exact_sweeps, positive_int
 
 #: The blocks a decoder layer's saved tensors belong to (chapter 03's figures group by them).
 BLOCKS = ("norms", "attention", "mlp", "autocast")
@@ -565,13 +568,16 @@ def display_block(t: Saved) -> str:
     return "attention"
 
 
-def saved_by_block(spec: ModelSpec, sc: Scenario) -> dict:
-    """Bytes the decoder layers save, summed over all layers and grouped by :func:`display_block` (chapter 03)."""
+def saved_by_block(spec: ModelSpec, sc: Scenario, tensors: dict | None = None) -> dict:
+    """Bytes the decoder layers save, summed over all layers and grouped by :func:`display_block` (chapter 03).
+
+    ``tensors``: ``{moe: layer_tensors(spec, sc, moe)}`` when the caller has them already."""
     out = dict.fromkeys(BLOCK_LABELS, 0)
     n_moe = sum(spec.moe_layers)
     for moe, count in ((False, spec.num_layers - n_moe), (True, n_moe)):
         if count:                         # identical layers: one kind's records, times its count
-            for t in layer_tensors(spec, sc, moe=moe).values():
+            records = tensors[moe] if tensors is not None else layer_tensors(spec, sc, moe=moe)
+            for t in records.values():
                 block = display_block(t)
                 out[block] = out[block] + count * t.nbytes
     return out
@@ -579,7 +585,6 @@ def saved_by_block(spec: ModelSpec, sc: Scenario) -> dict:
 
 def model_state_bytes(spec: ModelSpec, precision: str) -> int:
     """Bytes of the parameters in a step's precision (chapter 04): ``params × 2`` (bf16) or ``× 4`` (mixed)."""
-    from .params import total_params
     return total_params(spec) * (4 if precision == "mixed" else 2)
 
 
@@ -602,26 +607,24 @@ def activation_breakdown(model, batch_size, seq_len, precision: str = "bf16", at
     scalar inputs) and the model states (``states``: weights + gradients + optimizer state).
     ``batch_size`` and ``seq_len`` may be numpy arrays (components are then arrays).
     """
-    import numpy as np
-
-    from .breakdown import Breakdown
-    from .scenario import check_seq_len
-    from .spec import load_spec
-    from .training import checkpointed_inputs, train_memory
-    from .validation import choice, positive_int
+    from .training import checkpointed_inputs, train_memory    # training imports this module
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
     batch_size = positive_int("batch_size", batch_size)
     choice("recompute", recompute, RECOMPUTE)
     sc = Scenario(batch_size, seq_len, precision, attention, recompute)
     train = train_memory(spec, batch_size, seq_len, precision=precision, recompute=recompute, attention=attention)
-    blocks = saved_by_block(spec, sc)
+    tensors = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
+    blocks = saved_by_block(spec, sc, tensors)
     T, H, L = sc.tokens, spec.hidden_size, spec.num_layers
+    scalar = np.ndim(T) == 0
     comps: dict = {}
     if recompute == "full":
         comps["layer inputs (checkpoints)"] = L * sc.residual_bytes * T * H + checkpointed_inputs(spec, sc, recompute)
     else:
-        comps.update({k: v for k, v in blocks.items() if k != "autocast weight copies" or np.any(v)})
+        copies = blocks["autocast weight copies"]      # shown only where a family saves them
+        comps.update({k: v for k, v in blocks.items()
+                      if k != "autocast weight copies" or (copies != 0 if scalar else np.any(copies))})
         if recompute == "selective":
             comps["attention S²"] = 0 * blocks["attention S²"]
     ms = model_saved(spec, sc)
@@ -631,26 +634,25 @@ def activation_breakdown(model, batch_size, seq_len, precision: str = "bf16", at
         other = other + v
     comps["outside the layers"] = other
     comps["loss log-softmax (fp32)"] = loss
-    first = layer_saved(spec, sc, moe=spec.moe_layers[0])
+    first = {k: t.nbytes for k, t in tensors[spec.moe_layers[0]].items()}     # layer_saved of layer 0
     per_layer = sum(first.values())
-    tensors = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
     full = {m: total_bytes(d) for m, d in tensors.items()}
     if recompute == "full":
-        extra = max(full[m] - sc.residual_bytes * T * H for m in full) if np.ndim(T) == 0 else None
+        extra = max(full[m] - sc.residual_bytes * T * H for m in full) if scalar else None
     elif recompute == "selective":
         extra = max(total_bytes([t for t in d.values() if is_quadratic(t)]) for d in tensors.values()) \
-            if np.ndim(T) == 0 else None
+            if scalar else None
     else:
         extra = 0
     states = (train.meta.get("optimizer_state", 0) + 2 * model_state_bytes(spec, precision)
-              if np.ndim(T) == 0 else None)
+              if scalar else None)
     meta = {"model": spec.name, "spec": spec, "batch_size": batch_size, "seq_len": seq_len, "precision": precision,
             "attention": attention_used(spec, attention), "attention_requested": attention,
             "recompute": recompute, "tokens": T, "num_layers": L, "hidden_size": H,
             "vocab_size": spec.vocab_size, "per_layer": first, "per_layer_total": per_layer,
             "per_layer_per_token": per_layer // T,
             "recompute_extra": extra, "saved_by_block": blocks, "train": train,
-            "peak": train.total, "peak_phase": train.peak_phase if np.ndim(T) == 0 else train.meta.get("peak_phase"),
+            "peak": train.total, "peak_phase": train.peak_phase if scalar else train.meta.get("peak_phase"),
             "peak_at": train.peak_at, "states": states,
             "max_position_embeddings": spec.max_position_embeddings}
     title = (f"{spec.name} activations saved by the forward, b={batch_size} s={seq_len} {precision} "
