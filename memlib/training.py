@@ -254,9 +254,9 @@ def _backward_attention_extra(tensors: dict):
     gradients of the probabilities and of the scores, in the softmax's dtype (fp32 for the
     Llama family: ``2 × 4·B·heads·S²``), after the bf16 probabilities are freed.
     """
-    extra = -total_bytes([t for t in tensors.values() if t.half == "mlp"])
-    # the merged heads kept only for o_proj's weight gradient are freed by o_proj's backward
-    extra = extra - total_bytes([t for t in tensors.values() if t.half == "attn" and t.needed_by == ("o",)])
+    # the MLP half's tensors, and the merged heads kept only for o_proj's weight gradient
+    # (freed by o_proj's backward)
+    extra = -total_bytes([t for t in tensors.values() if t.half == "mlp" or t.needed_by == ("o",) and t.half == "attn"])
     if "attn.softmax" in tensors:      # the gradients of the probabilities and of the scores
         probs = tensors["attn.probs_bf16"].nbytes if "attn.probs_bf16" in tensors else 0
         extra = extra + 2 * tensors["attn.softmax"].nbytes - probs
@@ -609,7 +609,7 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     sc = Scenario(batch_size, seq_len, precision, attention, recompute, optimizer, optimizer_impl,
                   _bench_cpu=_bench_cpu)
     st = (stage or Stage.whole(spec)).check(spec)
-    whole = st == Stage.whole(spec)
+    whole = stage is None or st == Stage.whole(spec)
     p = 4 if sc.mixed else 2
     head, per_layer, emb, tied = _grads_by_part(spec, p)
     layers = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}

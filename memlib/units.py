@@ -31,6 +31,8 @@ def canonical_dtype(dtype: str, field: str = "dtype", allowed=None) -> str:
 
     Raises ``ValueError`` naming ``field`` and the allowed values for anything else.
     """
+    if allowed is None and type(dtype) is str and dtype in DTYPE_BITS:
+        return dtype                                 # already canonical: the common case, checked first
     allowed = tuple(allowed or DTYPE_BITS)
     name = _ALIASES.get(str(dtype).lower(), str(dtype).lower()) if isinstance(dtype, str) else None
     if name not in allowed:

@@ -29,12 +29,16 @@ def moment_total(moment) -> int:
     return sum(sum(parts.values()) for parts in moment[2].values())
 
 
-def phase_peaks(moments) -> dict:
-    """``{phase: index of its largest moment}`` (the first on ties), in :data:`PHASES` order (chapter 06)."""
+def phase_peaks(moments, totals=None) -> dict:
+    """``{phase: index of its largest moment}`` (the first on ties), in :data:`PHASES` order (chapter 06).
+
+    ``totals``: the moments' :func:`moment_total`, when the caller has them already."""
+    if totals is None:
+        totals = [moment_total(m) for m in moments]
     best: dict = {}
     for i, m in enumerate(moments):
         j = best.get(m[0])
-        if j is None or moment_total(m) > moment_total(moments[j]):
+        if j is None or totals[i] > totals[j]:
             best[m[0]] = i
     return {ph: best[ph] for ph in PHASES if ph in best}
 
@@ -46,10 +50,11 @@ def summarize(moments, roles, title: str, meta: dict, role_titles: dict | None =
     components are ``"<role>.<part>"``; ``meta["timeline"]`` lists every moment as
     ``(phase, label, bytes)`` and ``meta["peak_moment"]`` names the peak's.
     """
-    peaks = phase_peaks(moments)
+    totals = [moment_total(m) for m in moments]
+    peaks = phase_peaks(moments, totals)
     if not peaks:
         raise ValueError("summarize: no moments")
-    overall = max(peaks, key=lambda ph: (moment_total(moments[peaks[ph]]), -peaks[ph]))
+    overall = max(peaks, key=lambda ph: (totals[peaks[ph]], -peaks[ph]))
     children = []
     for role in roles:
         at = {ph: {f"{role}.{k}": int(v) for k, v in moments[i][2].get(role, {}).items() if v}
@@ -60,7 +65,7 @@ def summarize(moments, roles, title: str, meta: dict, role_titles: dict | None =
                                   kinds={k: kinds[k] for k in comps},
                                   phases={ph: sum(c.values()) for ph, c in at.items()}, peak_phase=overall,
                                   peak_at=moments[peaks[overall]][1], phase_components=at, label=role))
-    meta = dict(meta, timeline=[(m[0], m[1], moment_total(m)) for m in moments],
+    meta = dict(meta, timeline=[(m[0], m[1], t) for m, t in zip(moments, totals)],
                 peak_moment=moments[peaks[overall]][1],
                 phase_moments={ph: moments[i][1] for ph, i in peaks.items()})
     return combine(children, title=title, meta=meta)
