@@ -26,6 +26,8 @@ and the ``act·up`` product read by ``down`` then go, as they do for frozen proj
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .activations import Saved, layer_tensors, without_frozen
 from .breakdown import Breakdown
 from .optimizers import tensor_state_bytes
@@ -126,6 +128,34 @@ def _frozen_layer(spec, sc: Scenario, moe: bool, chosen: set, rank: int, lora_dr
     return saved
 
 
+@lru_cache(maxsize=256)
+def _adapter_state(spec, rank: int, targeted: tuple, base: str, double_quant: bool, p: int, optimizer: str,
+                   optimizer_impl: str):
+    """The parts of a LoRA step that depend on the model and its adapters, not on batch size or
+    sequence length (cached, so a sweep of calls pays for them once), in bytes (chapter 04):
+    ``(trainable params, base weights, adapter gradients per layer at the peak of its MLP's
+    and of its attention's backward, the dequantised projection (QLoRA), optimizer state,
+    step temporaries)``; ``p`` is the adapters' bytes per parameter."""
+    chosen = set(targeted)
+    mats = adapter_matrices(spec, rank, targeted)
+    trainable = sum(r * c * n for r, c, n in mats)
+    base_weights = weight_memory(spec, "nf4" if base == "nf4" else "bf16", double_quant=double_quant).total
+
+    # adapters whose gradients exist at the peak of a layer's MLP and attention backward
+    def adapters(names):
+        return sum(rank * (i + o) * n for comp, name, i, o, n in named_linears(spec)
+                   if name in chosen and comp != "experts" and name in names) * p // spec.num_layers
+
+    before_mlp = adapters({"down", "shared_gate", "shared_up", "shared_down"})
+    before_attention = adapters(set(TARGET_GROUPS["mlp"]) | {"o"})
+    dequant = 0
+    if base == "nf4":   # one projection dequantised to bf16 at a time, during forward and backward
+        dequant = max(2 * i * o for comp, _, i, o, _ in named_linears(spec) if comp != "experts")
+    opt = tensor_state_bytes(mats, 0, optimizer, state_bytes=p)
+    step_extra = step_temporaries(optimizer, optimizer_impl, [r * c for r, c, n in mats for _ in range(n)], p)
+    return trainable, base_weights, before_mlp, before_attention, dequant, opt, step_extra
+
+
 def lora_step(model, batch_size, seq_len, rank: int = 16, targets="all-linear", base: str = "bf16",
               double_quant: bool = False, adapter_dtype: str = "bf16", optimizer: str = "adamw",
               recompute: str = "none", attention: str = "sdpa", lora_dropout: float = 0.0,
@@ -149,36 +179,26 @@ def lora_step(model, batch_size, seq_len, rank: int = 16, targets="all-linear", 
     lora_dropout = fraction("lora_dropout", lora_dropout, 0.0, 1.0, inclusive_low=True)
     if lora_dropout >= 1:
         raise ValueError(f"lora_dropout: must be in [0, 1), got {lora_dropout}")
-    chosen = set(resolve_targets(spec, targets))
+    targeted = resolve_targets(spec, targets)
+    chosen = set(targeted)
     sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer, optimizer_impl,   # the base computes in bf16
                   _bench_cpu=_bench_cpu)
     p = 4 if adapter_dtype == "fp32" else 2
     upcast = adapter_dtype == "fp32" and not autocast
     cached = adapter_dtype == "fp32" and autocast        # autocast casts fp32 adapters to bf16 and caches them
-    mats = adapter_matrices(spec, rank, targets)
-    trainable = sum(r * c * n for r, c, n in mats)
-    base_weights = weight_memory(spec, "nf4" if base == "nf4" else "bf16", double_quant=double_quant).total
+    trainable, base_weights, before_mlp, before_attention, dequant, opt, step_extra = _adapter_state(
+        spec, rank, targeted, base, double_quant, p, optimizer, optimizer_impl)
     per_layer_adapters = trainable * p // spec.num_layers
-    # adapters whose gradients exist at the peak of a layer's MLP and attention backward
-    def adapters(names):
-        return sum(rank * (i + o) * n for comp, name, i, o, n in named_linears(spec)
-                   if name in chosen and comp != "experts" and name in names) * p // spec.num_layers
-
-    before_mlp = adapters({"down", "shared_gate", "shared_up", "shared_down"})
-    before_attention = adapters(set(TARGET_GROUPS["mlp"]) | {"o"})
     layers = {m: _frozen_layer(spec, sc, m, chosen, rank, float(lora_dropout), upcast) for m in set(spec.moe_layers)}
-    dequant = 0
-    if base == "nf4":   # one projection dequantised to bf16 at a time, during forward and backward
-        dequant = max(2 * i * o for comp, _, i, o, _ in named_linears(spec) if comp != "experts")
     inputs = StepInputs(
         weights=base_weights + trainable * p,
-        optimizer=tensor_state_bytes(mats, 0, optimizer, state_bytes=p),
+        optimizer=opt,
         grads_head=0, grads_per_layer={m: per_layer_adapters for m in layers}, grads_embedding=0, grads_tied=0,
         grads_before_mlp={m: before_mlp for m in layers}, grads_before_attention={m: before_attention for m in layers},
         autocast_cache=2 * trainable if cached else 0,
         cache_attn={m: (2 * trainable if cached else 0) // spec.num_layers for m in layers},
         cache_mlp={m: 0 for m in layers}, cache_head=0,
-        step_extra=step_temporaries(optimizer, optimizer_impl, [r * c for r, c, n in mats for _ in range(n)], p),
+        step_extra=step_extra,
         layers=layers, frozen_head=True,
         backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) + dequant for m in layers})
     info = {"chosen": chosen, "trainable": trainable, "base_weights": base_weights, "adapter_bytes": trainable * p,
