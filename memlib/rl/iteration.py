@@ -246,7 +246,10 @@ def _merge(*layers) -> dict:
     out: dict = {}
     for layer in layers:
         for role, parts in layer.items():
-            mine = out.setdefault(role, {})
+            mine = out.get(role)
+            if mine is None:                 # the role's first parts: a copy
+                out[role] = dict(parts)
+                continue
             for k, v in parts.items():
                 mine[k] = mine.get(k, 0) + v
     return out
