@@ -121,7 +121,12 @@ def layer_params(model, moe: bool = False) -> int:
 
 def total_params(model) -> int:
     """Unique parameters of ``model`` (tied weights once), ``Σ components`` of :func:`count_params` (chapter 01)."""
-    return sum(v for _, v in _count_params(load_spec(model))[0])
+    return _total_params(load_spec(model))
+
+
+@lru_cache(maxsize=512)
+def _total_params(spec: ModelSpec) -> int:
+    return sum(v for _, v in _count_params(spec)[0])
 
 
 def active_params(model) -> int:

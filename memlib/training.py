@@ -454,10 +454,11 @@ def summarize(marks, title: str, meta: dict) -> Breakdown:
 
         def comps(mk):
             return {k: int(v) for k, v in zip(COMPONENTS, mk[2:8]) if v or k in ("weights", "optimizer")}
-        components = comps(peak)
+        phase_components = {ph: comps(marks[best_of[ph]]) for ph in PHASES if ph in best_of}
+        components = phase_components[peak.phase]          # the peak is its phase's largest mark
         return Breakdown(components, title=title, kinds={k: KINDS[k] for k in components},
                          phases={ph: int(totals[best_of[ph]][2]) for ph in PHASES if ph in best_of},
-                         phase_components={ph: comps(marks[best_of[ph]]) for ph in PHASES if ph in best_of},
+                         phase_components=phase_components,
                          peak_phase=peak.phase, peak_at=peak.label, meta=meta)
     # vectorised: the peak and its phase per grid point
     phases = {ph: _max([v for q, _, v in totals if q == ph]) for ph in PHASES}
@@ -555,13 +556,14 @@ def _stage_params(spec: ModelSpec, st: Stage) -> int:
 
 
 @lru_cache(maxsize=1024)
-def _state_inputs(spec: ModelSpec, p: int, optimizer: str, optimizer_impl: str, st: Stage):
+def _state_inputs(spec: ModelSpec, p: int, optimizer: str, optimizer_impl: str, st: Stage | None):
     """The parts of a step's :class:`StepInputs` that depend on the model, the parameters'
-    bytes ``p`` (2 in bf16, 4 under mixed precision), the optimizer and the stage, not on
-    batch size or sequence length (cached, so a sweep of calls pays for them once):
-    ``(weights, optimizer state, step temporaries, autocast cache at the end of the forward,
-    (cache_attn, cache_mlp, cache_head))``, in bytes (chapter 04)."""
-    whole = st == Stage.whole(spec)
+    bytes ``p`` (2 in bf16, 4 under mixed precision), the optimizer and the stage (None: the
+    whole model), not on batch size or sequence length (cached, so a sweep of calls pays for
+    them once): ``(weights, optimizer state, step temporaries, autocast cache at the end of
+    the forward, (cache_attn, cache_mlp, cache_head))``, in bytes (chapter 04)."""
+    whole = st is None
+    st = st or Stage.whole(spec)
     mixed = p == 4
     kinds = set(spec.moe_layers)
     attn_c, mlp_c, head_c = _cache_parts(spec) if mixed else ({m: 0 for m in kinds}, {m: 0 for m in kinds}, 0)
@@ -613,7 +615,8 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     p = 4 if sc.mixed else 2
     head, per_layer, emb, tied = _grads_by_part(spec, p)
     layers = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
-    weights, opt, step_extra, cache, (attn_c, mlp_c, head_c) = _state_inputs(spec, p, optimizer, optimizer_impl, st)
+    weights, opt, step_extra, cache, (attn_c, mlp_c, head_c) = _state_inputs(spec, p, optimizer, optimizer_impl,
+                                                                               None if whole else st)
     inputs = StepInputs(
         weights=weights, optimizer=opt,
         grads_head=head, grads_per_layer=per_layer, grads_embedding=emb, grads_tied=tied,

@@ -72,6 +72,13 @@ def safe_text(text, limit: int = 200) -> str:
     return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
+def _has_array(values) -> bool:
+    for v in values:
+        if isinstance(v, np.ndarray):
+            return True
+    return False
+
+
 def exact_sweeps(*fields):
     """Decorator for estimates that accept numpy arrays in ``fields`` (chapters 02–04).
 
@@ -86,8 +93,7 @@ def exact_sweeps(*fields):
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            if not any(isinstance(a, np.ndarray) for a in args) and \
-                    not any(isinstance(a, np.ndarray) for a in kwargs.values()):
+            if not _has_array(args) and not _has_array(kwargs.values()):
                 return fn(*args, **kwargs)           # scalars: exact Python ints, nothing to check
             bound = sig.bind(*args, **kwargs)
             arrays = {f: bound.arguments[f] for f in fields if isinstance(bound.arguments.get(f), np.ndarray)}
