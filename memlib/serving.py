@@ -21,6 +21,7 @@ The features that change what fits (chapter 07):
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from .breakdown import Breakdown
 from .hardware import gpu_bytes
 from .kv_cache import kv_cache, layer_bytes_per_token
 from .lora import resolve_targets
-from .params import count_params, named_linears
+from .params import named_linears, total_params
 from .spec import ModelSpec, load_spec
 from .units import GB, dtype_bytes
 from .validation import choice, fraction, positive_int
@@ -185,6 +186,25 @@ def _shard(spec: ModelSpec, module: str, rows_in: int, cols_out: int, tp: int) -
     return rows_in, -(-cols_out // tp)
 
 
+def _matrices_per_gpu(spec: ModelSpec, tp: int, b: int, quantization: str | None, group_size) -> tuple[int, int]:
+    """``(bytes, params)`` of the decoder's weight matrices one of ``tp`` GPUs holds (see :func:`weights_per_gpu`)."""
+    mats = mat_params = 0
+    for _, module, rows_in, cols_out, count in named_linears(spec):
+        mat_params += rows_in * cols_out * count
+        r_in, r_out = _shard(spec, module, rows_in, cols_out, tp)
+        if quantization is None:
+            mats += r_in * r_out * count * b
+        else:
+            q, extra = _matrix_bytes(_QUANT_FORMAT[quantization], r_in, r_out, group_size, False)
+            mats += (q + extra) * count
+    return mats, mat_params
+
+
+@lru_cache(maxsize=512)
+def _plain_matrices_per_gpu(spec: ModelSpec, tp: int, b: int) -> tuple[int, int]:
+    return _matrices_per_gpu(spec, tp, b, None, None)
+
+
 def weights_per_gpu(model, dtype: str = "bf16", tp: int = 1, quantization: str | None = None,
                     group_size: int = 128, vocab_padding: int = VOCAB_PADDING, rope_table: bool = True) -> Breakdown:
     """Bytes of the weights one GPU holds, as vLLM (and SGLang) load them (chapter 07).
@@ -202,20 +222,15 @@ def weights_per_gpu(model, dtype: str = "bf16", tp: int = 1, quantization: str |
     tp = positive_int("tp", tp)
     choice("quantization", quantization, QUANTIZATIONS)
     b = int(dtype_bytes(choice("dtype", dtype, ("bf16", "fp16", "fp32"))))
-    mats = mat_params = 0
-    for _, module, rows_in, cols_out, count in named_linears(spec):
-        mat_params += rows_in * cols_out * count
-        r_in, r_out = _shard(spec, module, rows_in, cols_out, tp)
-        if quantization is None:
-            mats += r_in * r_out * count * b
-        else:
-            q, extra = _matrix_bytes(_QUANT_FORMAT[quantization], r_in, r_out, group_size, False)
-            mats += (q + extra) * count
+    if quantization is None:      # group_size unused: cached per (spec, tp, bytes)
+        mats, mat_params = _plain_matrices_per_gpu(spec, tp, b)
+    else:
+        mats, mat_params = _matrices_per_gpu(spec, tp, b, quantization, group_size)
     V, E = spec.vocab_size, spec.embed_dim
     pad = positive_int("vocab_padding", vocab_padding)
     n_tables = 1 if spec.tie_word_embeddings else 2
     vocab = n_tables * -(-(-(-V // pad) * pad) // tp) * E * b
-    other = (count_params(spec).total - mat_params - n_tables * V * E) * b
+    other = (total_params(spec) - mat_params - n_tables * V * E) * b
     rotary = spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
     rope = spec.max_position_embeddings * rotary * b if rope_table and not spec.learned_positions else 0
     return Breakdown({"matrices": mats, "vocab": vocab, "other": other, "rope_cache": rope},
