@@ -77,7 +77,8 @@ class Breakdown:
     unit: str = "bytes"
 
     def __post_init__(self):
-        comps = {k: _as_bytes(v) for k, v in self.components.items()}
+        # (a plain int is kept as is without a call: most values are, and results are built often)
+        comps = {k: v if type(v) is int else _as_bytes(v) for k, v in self.components.items()}
         object.__setattr__(self, "components", comps)
         kinds = self.kinds
         if isinstance(kinds, str):
@@ -94,10 +95,12 @@ class Breakdown:
                 raise ValueError(f"Breakdown: kind {kinds[bad[0]]!r} of {bad[0]!r} is not one of {', '.join(KINDS)}")
         object.__setattr__(self, "kinds", kinds)
         if self.phases is not None:
-            object.__setattr__(self, "phases", {k: _as_bytes(v) for k, v in self.phases.items()})
+            object.__setattr__(self, "phases", {k: v if type(v) is int else _as_bytes(v)
+                                                for k, v in self.phases.items()})
         if self.phase_components is not None:
             object.__setattr__(self, "phase_components", {
-                p: {k: _as_bytes(v) for k, v in c.items()} for p, c in self.phase_components.items()})
+                p: {k: v if type(v) is int else _as_bytes(v) for k, v in c.items()}
+                for p, c in self.phase_components.items()})
         object.__setattr__(self, "children", tuple(self.children))
 
     # -- numbers ---------------------------------------------------------------------
