@@ -53,6 +53,7 @@ replicated on every rank.  Pure numpy: no file is read, no data directory is nee
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from .breakdown import Breakdown
 from .hardware import GPU, get_gpu
@@ -99,9 +100,14 @@ def parse_version(version) -> tuple[int, int, int]:
     """``"0.6.4.post1"`` -> ``(0, 6, 4)``; ``"0.19"`` -> ``(0, 19, 0)`` (chapter 07)."""
     if isinstance(version, tuple):
         return tuple(version) + (0,) * (3 - len(version))
-    m = re.match(r"^v?(\d+)\.(\d+)(?:\.(\d+))?", str(version).strip())
+    return _parse_version_text(str(version))
+
+
+@lru_cache(maxsize=256)
+def _parse_version_text(text: str) -> tuple[int, int, int]:
+    m = re.match(r"^v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
     if not m:
-        raise ValueError(f"vllm_version: cannot read {str(version)[:40]!r}; give e.g. '0.6.4' or '0.19'")
+        raise ValueError(f"vllm_version: cannot read {text[:40]!r}; give e.g. '0.6.4' or '0.19'")
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
