@@ -144,13 +144,17 @@ class Breakdown:
 
     def components_at(self, phase: str) -> dict:
         """``{component: bytes}`` live at ``phase``'s peak (see :meth:`at`)."""
+        return dict(self._live_at(phase))
+
+    def _live_at(self, phase: str) -> Mapping:
+        """:meth:`components_at` without the copy (read-only: :func:`combine` reads many)."""
         if self.phases is None:
-            return dict(self.components)
+            return self.components
         self.at(phase)
         if self.phase_components is not None and phase in self.phase_components:
-            return dict(self.phase_components[phase])
+            return self.phase_components[phase]
         if phase == self.peak_phase:
-            return dict(self.components)
+            return self.components
         raise ValueError(f"{self.label or self.title or 'result'} does not record its components "
                          f"at phase {phase!r}")
 
@@ -310,7 +314,7 @@ def combine(parts, title: str = "", meta: Mapping | None = None) -> Breakdown:
     for ph in order:
         c: dict = {}
         for p in parts:
-            for k, v in p.components_at(ph).items():
+            for k, v in p._live_at(ph).items():
                 c[k] = c.get(k, 0) + v
         phase_comps[ph] = c
     peak_phase = max(order, key=lambda ph: phase_totals[ph])
