@@ -256,7 +256,8 @@ def _backward_attention_extra(tensors: dict):
     """
     # the MLP half's tensors, and the merged heads kept only for o_proj's weight gradient
     # (freed by o_proj's backward)
-    extra = -total_bytes([t for t in tensors.values() if t.half == "mlp" or t.needed_by == ("o",) and t.half == "attn"])
+    freed = [t for t in tensors.values() if t.half == "mlp" or (t.half == "attn" and t.needed_by == ("o",))]
+    extra = -total_bytes(freed)
     if "attn.softmax" in tensors:      # the gradients of the probabilities and of the scores
         probs = tensors["attn.probs_bf16"].nbytes if "attn.probs_bf16" in tensors else 0
         extra = extra + 2 * tensors["attn.softmax"].nbytes - probs
