@@ -159,13 +159,19 @@ class Stage:
 
     @classmethod
     def whole(cls, spec: ModelSpec) -> "Stage":
-        return cls(0, spec.num_layers, True, True)
+        return _whole_stage(cls, spec)
 
     def check(self, spec: ModelSpec) -> "Stage":
         if not 0 <= self.first < self.last <= spec.num_layers:
             raise ValueError(f"stage: layers [{self.first}, {self.last}) are not a range of "
                              f"{spec.name}'s {spec.num_layers} layers")
         return self
+
+
+@lru_cache(maxsize=256)
+def _whole_stage(cls, spec: ModelSpec) -> Stage:
+    """``Stage(0, num_layers, True, True)``, made once per spec (a Stage is immutable)."""
+    return cls(0, spec.num_layers, True, True)
 
 
 class Mark(NamedTuple):
