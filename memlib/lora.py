@@ -60,15 +60,22 @@ def resolve_targets(model, targets) -> tuple[str, ...]:
     targeted.  Raises ``ValueError`` naming what does not exist in this model.
     """
     spec = load_spec(model)
-    available = {name for comp, name, *_ in named_linears(spec) if comp != "experts"}
     if targets is None or isinstance(targets, (bytes, int, float)):
         raise ValueError(f"targets: expected a group ({', '.join(TARGET_GROUPS)}) or module names, "
                          f"got {targets!r}")
     given = (targets,) if isinstance(targets, str) else tuple(targets)
-    names = []
     for t in given:
         if not isinstance(t, str):
             raise ValueError(f"targets: module names must be strings, got {t!r}")
+    return _resolve_names(spec, given)
+
+
+@lru_cache(maxsize=256)
+def _resolve_names(spec, given: tuple) -> tuple[str, ...]:
+    """:func:`resolve_targets` for a tuple of strings (cached per model)."""
+    available = {name for comp, name, *_ in named_linears(spec) if comp != "experts"}
+    names = []
+    for t in given:
         names += list(TARGET_GROUPS[t]) if t in TARGET_GROUPS else [t]
     fused = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
     out = []
