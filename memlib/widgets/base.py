@@ -46,6 +46,7 @@ class Explorer:
         self.image = w.Image(format="png")
         self.fig = self.ax = None
         self._layout_key = None
+        self._layouts: dict = {}       # layout signature -> the axes' positions it gave
         if plot is not None:
             # a Figure of its own (no pyplot state), drawn by Agg at the size it is shown:
             # the image's CSS width is the figure's, so the browser never stretches it
@@ -107,19 +108,31 @@ class Explorer:
 
     def _draw(self, result) -> bytes:
         """Plot ``result`` and return the PNG.  The layout (margins that fit every label) is
-        computed with constrained layout only when what decides it changes (titles, axis
-        labels, the widest tick label, the legend); otherwise the margins are kept, which
-        saves most of the drawing time."""
+        computed with constrained layout only when what decides it changes (the shape of the
+        titles and axis labels, the widest tick label, the legend); otherwise the margins are
+        kept (or those of an earlier state with the same signature are put back), which saves
+        most of the drawing time.  A new layout costs one draw, not two: the draw that
+        computes it also renders the figure."""
         from PIL import Image
         self.ax.clear()
         self.plot_fn(result, self.ax)
         key = self._layout_signature()
-        if key != self._layout_key:
+        if key == self._layout_key or not all(ax.get_in_layout() for ax in self.fig.axes):
+            # the same layout as now, or margins the plot function fixed itself
+            self.fig.canvas.draw()
+        elif key in self._layouts:                  # a layout seen before: put the axes back
+            for ax, pos in zip(self.fig.axes, self._layouts[key]):
+                ax._set_position(pos)
+            self._layout_key = key
+            self.fig.canvas.draw()
+        else:
             self.fig.set_layout_engine("constrained")
             self.fig.canvas.draw()
             self.fig.set_layout_engine("none")
             self._layout_key = key
-        self.fig.canvas.draw()
+            if len(self._layouts) >= 64:
+                self._layouts.clear()
+            self._layouts[key] = [ax.get_position(original=True) for ax in self.fig.axes]
         width, height = self.fig.canvas.get_width_height()
         img = Image.frombuffer("RGBA", (width, height), self.fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
         out = io.BytesIO()
@@ -127,15 +140,63 @@ class Explorer:
         return out.getvalue()
 
     def _layout_signature(self):
-        """What the margins depend on: every axes' title and labels, its widest tick label,
-        the legend's entries, and the figure's own texts."""
-        def widest(axis):
-            labels = axis.get_major_formatter().format_ticks(axis.get_majorticklocs())
-            return max((len(t) for t in labels), default=0)
+        """What the margins depend on: the shape of every axes' titles and axis labels (lines,
+        size, rotation, and their extent only where it nearly fills the axes: words that fit
+        move no margin), its widest tick label, the legend's entries, and the figure's texts."""
+        renderer = self.fig.canvas.get_renderer()
+
+        def ticks_shape(axis):
+            """The widest tick label drawn (pixels) and its lines, how far the labels stick out
+            past the ends of the axis (pixels; 0 for labels well inside), and their rotation."""
+            from matplotlib.text import _get_text_metrics_with_cache
+            lo, hi = sorted(axis.get_view_interval())
+            tol = 1e-9 * max(abs(lo), abs(hi), 1e-300)
+            tr = axis.get_transform()
+            t_lo, t_hi = sorted(tr.transform([lo, hi]))
+            bbox = axis.axes.bbox
+            horizontal = axis.axis_name == "x"
+            length = bbox.width if horizontal else bbox.height
+            w = lines = left = right = 0.0
+            turns = set()
+            for locs, fmt, ticks in ((axis.get_majorticklocs(), axis.get_major_formatter(), axis.get_major_ticks),
+                                     (axis.get_minorticklocs(), axis.get_minor_formatter(), axis.get_minor_ticks)):
+                labels = fmt.format_ticks(locs)          # as the axis does: all, then those in view
+                shown = [(x, t) for x, t in zip(locs, labels) if t and lo - tol <= x <= hi + tol]
+                if not shown:
+                    continue
+                label = ticks(1)[0].label1                # the font every tick label of the axis uses
+                prop = label.get_fontproperties()
+                turns.add(label.get_rotation())
+                turned = horizontal and label.get_rotation() != 0
+                for x, t in shown:
+                    tw = th = 0.0
+                    for line in t.split("\n"):
+                        line, ismath = label._preprocess_math(line)
+                        lw, lh, _ = _get_text_metrics_with_cache(renderer, line, prop, ismath, self.fig.dpi)
+                        tw, th = max(tw, lw), th + lh
+                    w, lines = max(w, tw), max(lines, t.count("\n") + 1)
+                    along = (tw if not turned else tw + th) if horizontal else th
+                    at = (tr.transform([x])[0] - t_lo) / ((t_hi - t_lo) or 1) * length
+                    left, right = max(left, along / 2 - at), max(right, along / 2 - (length - at))
+            return (round(w), lines, round(left) if left > 0 else 0, round(right) if right > 0 else 0,
+                    tuple(sorted(turns)))
+
+        def shape(text, room):
+            s = text.get_text()
+            if not s or not text.get_visible():
+                return None
+            ext = text.get_window_extent(renderer)
+            along = max(ext.width, ext.height)
+            return (s.count("\n"), text.get_fontsize(), text.get_rotation(),
+                    round(along) if along > 0.9 * room else None)
+
         parts = []
         for ax in self.fig.axes:
             legend = ax.get_legend()
-            parts.append((ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), widest(ax.xaxis), widest(ax.yaxis),
+            w, h = ax.bbox.width, ax.bbox.height
+            parts.append((shape(ax.title, w), shape(ax._left_title, w), shape(ax._right_title, w),
+                          shape(ax.xaxis.label, w), shape(ax.yaxis.label, h),
+                          ticks_shape(ax.xaxis), ticks_shape(ax.yaxis),
                           tuple(t.get_text() for t in legend.get_texts()) if legend else ()))
         parts.append(tuple(t.get_text() for t in self.fig.texts))
         return tuple(parts)
