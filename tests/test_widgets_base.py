@@ -1,0 +1,47 @@
+"""The Explorer's drawing machinery: the PNG it encodes and the margins it keeps between updates."""
+import io
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("matplotlib")
+
+from memlib.widgets.base import png_bytes  # noqa: E402
+
+
+def test_png_bytes_decodes_to_the_same_pixels():
+    # Pillow's decoder (not ours) reads the PNG back: every pixel and the alpha channel as given
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, size=(7, 5, 4), dtype=np.uint8)
+    img = Image.open(io.BytesIO(png_bytes(a)))
+    assert img.mode == "RGBA" and img.size == (5, 7)
+    assert np.array_equal(np.asarray(img), a)
+
+
+def _inside_figure(ex):
+    """Every artist of the figure (labels, tick labels, titles, legends) lies inside it."""
+    fig = ex.fig
+    box = fig.get_tightbbox(fig.canvas.get_renderer())       # inches
+    w, h = fig.get_size_inches()
+    tol = 1.0 / fig.dpi                                         # one pixel
+    return box.x0 >= -tol and box.y0 >= -tol and box.x1 <= w + tol and box.y1 <= h + tol
+
+
+@pytest.mark.parametrize("name, steps", [
+    # the y axis' widest drawn label shrinks (0..80, then 0..250 with an off-view tick)
+    ("rl_explorer", [dict(lora_rank=8), dict(recompute="none"), dict(recompute="full"), dict(lora_rank=0)]),
+    # the last x tick label reaches the end of the axis (Llama-2-13b): it must not stick out
+    ("weights_explorer", [dict(model="DeepSeek-V3"), dict(model="Llama-2-13b"), dict(model="Llama-3.1-8B")]),
+    # two layouts taken in turn: the one kept for each must fit it
+    ("measure_explorer", [dict(kind="prefill"), dict(kind="train"), dict(kind="prefill")]),
+    ("kv_explorer", [dict(seq_len=1024), dict(seq_len=131072), dict(batch_size=64), dict(seq_len=128)]),
+])
+def test_kept_margins_never_cut_a_label(name, steps):
+    from memlib import widgets
+    ex = getattr(widgets, name)()
+    assert _inside_figure(ex)
+    for values in steps:
+        assert ex.set(**values) is not None, ex.error
+        assert _inside_figure(ex), (name, values)
