@@ -30,6 +30,34 @@ def png_bytes(rgba) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + chunk(b"IEND", b""))
 
 
+def _reuse_ticks(axis, keep: int = 400):
+    """Let ``axis`` reuse the Tick objects that ``ax.clear()`` (or a new scale) discards.
+
+    Making a Tick (two tick lines, a grid line, two labels) is the costliest part of
+    redrawing a cleared axes, the more so on a log axis with its minor ticks.  Matplotlib
+    makes the first tick of a cleared axis from its defaults and every further one by
+    copying the first tick's properties onto a new Tick (``Axis.get_major_ticks``); here
+    those further ones are old Ticks instead, which receive the same copy, so they look
+    the same.  The first tick is always made new."""
+    pools = {True: [], False: []}
+    make, reset = axis._get_tick, axis.reset_ticks
+
+    def reset_ticks():
+        for major, name in ((True, "majorTicks"), (False, "minorTicks")):
+            ticks = axis.__dict__.get(name)         # a list once made; the lazy default otherwise
+            if isinstance(ticks, list):
+                pools[major].extend(ticks[:keep - len(pools[major])])
+        reset()
+
+    def get_tick(major):
+        made = axis.__dict__.get("majorTicks" if major else "minorTicks")
+        if pools[major] and made:                   # a further tick: get_*_ticks copies the first onto it
+            return pools[major].pop()
+        return make(major)
+
+    axis.reset_ticks, axis._get_tick = reset_ticks, get_tick
+
+
 class Explorer:
     """Wire ipywidgets ``controls`` to a pure ``compute`` and a ``plot(result, ax)``.
 
@@ -74,6 +102,8 @@ class Explorer:
             self.fig = Figure(figsize=figsize, dpi=CSS_PX_PER_INCH * RENDER_SCALE, layout="constrained")
             FigureCanvasAgg(self.fig)
             self.ax = self.fig.add_subplot()
+            for axis in (self.ax.xaxis, self.ax.yaxis):
+                _reuse_ticks(axis)
             self.image.layout = w.Layout(width=f"{round(figsize[0] * CSS_PX_PER_INCH)}px", max_width="100%",
                                          height="auto")
         for c in self.controls.values():
