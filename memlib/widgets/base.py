@@ -38,8 +38,11 @@ def _reuse_ticks(axis, keep: int = 400):
     makes the first tick of a cleared axis from its defaults and every further one by
     copying the first tick's properties onto a new Tick (``Axis.get_major_ticks``); here
     those further ones are old Ticks instead, which receive the same copy, so they look
-    the same.  The first tick is always made new."""
+    the same.  The first tick is an old Tick too, given the properties of a pristine one
+    made once, at the first clear (before any plot function changed a default), and kept
+    aside."""
     pools = {True: [], False: []}
+    pristine: dict = {}
     make, reset = axis._get_tick, axis.reset_ticks
 
     def reset_ticks():
@@ -53,6 +56,12 @@ def _reuse_ticks(axis, keep: int = 400):
         made = axis.__dict__.get("majorTicks" if major else "minorTicks")
         if pools[major] and made:                   # a further tick: get_*_ticks copies the first onto it
             return pools[major].pop()
+        if pools[major] and major in pristine:      # the first tick after a clear
+            tick = pools[major].pop()
+            axis._copy_tick_props(pristine[major], tick)
+            return tick
+        if not made and major not in pristine and pools[major]:
+            pristine[major] = make(major)           # the defaults, kept aside, never drawn
         return make(major)
 
     axis.reset_ticks, axis._get_tick = reset_ticks, get_tick
