@@ -45,3 +45,22 @@ def test_kept_margins_never_cut_a_label(name, steps):
     for values in steps:
         assert ex.set(**values) is not None, ex.error
         assert _inside_figure(ex), (name, values)
+
+
+@pytest.mark.parametrize("name, values", [("rl_explorer", dict(seq_len=1024)),
+                                          ("which_gpu_explorer", dict(max_model_len=4096)),
+                                          ("kv_explorer", dict(seq_len=2048))])
+def test_a_pasted_legend_looks_as_drawn(name, values):
+    # an update that leaves the legend alone pastes its pixels; drawing it again must agree
+    from PIL import Image
+
+    from memlib import widgets
+    ex = getattr(widgets, name)()
+    ex.set(**values)
+    assert ex._legends.saved                       # the legend was kept ...
+    pasted = np.asarray(Image.open(io.BytesIO(ex.image.value))).astype(int)
+    ex._legends.saved.clear()                      # ... now draw it as matplotlib does
+    ex.update()
+    drawn = np.asarray(Image.open(io.BytesIO(ex.image.value))).astype(int)
+    assert pasted.shape == drawn.shape
+    assert np.abs(pasted - drawn).max() <= 3       # compositing rounds by a level or two

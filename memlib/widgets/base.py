@@ -6,6 +6,8 @@ import struct
 import zlib
 from typing import Callable, Mapping
 
+import numpy as np
+
 #: CSS pixels per inch of figure on screen, and how many rendered pixels per CSS pixel
 #: (1.5: sharp on high-density screens, and rendering costs little more: text dominates).
 CSS_PX_PER_INCH = 96
@@ -16,7 +18,6 @@ def png_bytes(rgba) -> bytes:
     """An RGBA pixel buffer (height × width × 4, e.g. ``canvas.buffer_rgba()``) as a PNG:
     rows unfiltered, zlib level 1.  A figure is mostly flat colour, so this is as small as
     an adaptively filtered PNG (within ~5 %) and encodes in about half the time."""
-    import numpy as np
     a = np.asarray(rgba)
     h, w, _ = a.shape
     raw = np.empty((h, 4 * w + 1), np.uint8)
@@ -67,6 +68,83 @@ def _reuse_ticks(axis, keep: int = 400):
     axis.reset_ticks, axis._get_tick = reset_ticks, get_tick
 
 
+class _LegendPixels:
+    """Draw a figure whose legends are pasted as pixels when they are the same as one drawn
+    before (the last few kept): same entries (texts, their colours and sizes, the handles' colours, hatches,
+    lines and markers), same settings, same place (a legend placed by ``loc="best"`` moves with
+    the data and is always drawn).  A legend's many texts and boxes are a large share of an
+    explorer's redraw, and most updates (a new context length, a new batch) leave it alone.
+
+    A legend is captured by drawing it alone on a transparent canvas of the figure's size;
+    pasted, it is composited over what lies beneath, as it would have been drawn."""
+
+    _HANDLE_PROPS = ("get_facecolor", "get_edgecolor", "get_hatch", "get_linewidth", "get_linestyle",
+                     "get_color", "get_marker", "get_markersize", "get_markerfacecolor",
+                     "get_markeredgecolor", "get_alpha", "get_visible", "get_hatch_linewidth")
+
+    def __init__(self):
+        self.saved: dict = {}           # key (which names the axes) -> (rgba, x, y)
+
+    def _key(self, fig, leg):
+        if leg._loc in (0, "best") or not leg.get_visible():
+            return None
+
+        def plain(v):
+            if hasattr(v, "tolist"):
+                v = v.tolist()
+            return tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+        handles = []
+        for h in leg.legend_handles:
+            handles.append((type(h).__name__,) + tuple(
+                plain(getattr(h, g)()) if hasattr(h, g) else None for g in self._HANDLE_PROPS))
+        texts = tuple((t.get_text(), plain(t.get_color()), t.get_fontsize(), t.get_fontweight())
+                      for t in leg.get_texts())
+        settings = tuple(sorted((k, v) for k, v in vars(leg).items()
+                                if isinstance(v, (int, float, str, bool, type(None))) and k != "stale"))
+        anchor = leg.get_bbox_to_anchor()
+        return (id(leg.axes), texts, tuple(handles), settings, leg.get_title().get_text(),
+                tuple(round(v, 6) for v in anchor.bounds), tuple(round(float(v), 6) for v in leg.axes.bbox.bounds),
+                tuple(fig.bbox.bounds), fig.dpi)
+
+    def draw(self, fig):
+        """``fig.canvas.draw()``, pasting each legend unchanged since the last draw."""
+        from matplotlib.backends.backend_agg import RendererAgg
+        todo = []
+        for ax in fig.axes:
+            leg = ax.get_legend()
+            if leg is None:
+                continue
+            key = self._key(fig, leg)
+            if key in self.saved:
+                leg.draw = self._paster(*self.saved[key])
+            elif key is not None:
+                todo.append((ax, leg, key))
+        fig.canvas.draw()
+        for ax, leg, key in todo:                   # capture it for the next draw
+            w, h = fig.canvas.get_width_height()
+            r = RendererAgg(w, h, fig.dpi)
+            leg.draw(r)
+            box = leg.get_window_extent(r)
+            x0, y0 = max(int(box.x0) - 3, 0), max(int(box.y0) - 3, 0)
+            x1, y1 = min(int(box.x1) + 4, w), min(int(box.y1) + 4, h)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            # rows bottom first, as draw_image takes them
+            rgba = np.ascontiguousarray(np.asarray(r.buffer_rgba())[h - y1:h - y0, x0:x1][::-1])
+            if len(self.saved) >= 8:
+                self.saved.pop(next(iter(self.saved)))
+            self.saved[key] = (rgba, x0, y0)
+
+    @staticmethod
+    def _paster(rgba, x, y):
+        def draw(renderer):
+            gc = renderer.new_gc()
+            renderer.draw_image(gc, x, y, rgba)
+            gc.restore()
+        return draw
+
+
 class Explorer:
     """Wire ipywidgets ``controls`` to a pure ``compute`` and a ``plot(result, ax)``.
 
@@ -103,6 +181,7 @@ class Explorer:
         self.fig = self.ax = None
         self._layout_key = None
         self._layouts: dict = {}       # layout signature -> the axes' positions it gave
+        self._legends = _LegendPixels()
         if plot is not None:
             # a Figure of its own (no pyplot state), drawn by Agg at the size it is shown:
             # the image's CSS width is the figure's, so the browser never stretches it
@@ -176,12 +255,12 @@ class Explorer:
         key = self._layout_signature()
         if key == self._layout_key or not all(ax.get_in_layout() for ax in self.fig.axes):
             # the same layout as now, or margins the plot function fixed itself
-            self.fig.canvas.draw()
+            self._legends.draw(self.fig)
         elif key in self._layouts:                  # a layout seen before: put the axes back
             for ax, pos in zip(self.fig.axes, self._layouts[key]):
                 ax._set_position(pos)
             self._layout_key = key
-            self.fig.canvas.draw()
+            self._legends.draw(self.fig)
         else:
             self.fig.set_layout_engine("constrained")
             self.fig.canvas.draw()
