@@ -64,3 +64,29 @@ def test_a_pasted_legend_looks_as_drawn(name, values):
     drawn = np.asarray(Image.open(io.BytesIO(ex.image.value))).astype(int)
     assert pasted.shape == drawn.shape
     assert np.abs(pasted - drawn).max() <= 3       # compositing rounds by a level or two
+
+
+def test_a_pasted_text_looks_as_drawn():
+    # texts of every kind (rotated, translucent, coloured, bold, mathtext, two lines) drawn by
+    # matplotlib, then pasted from the pixels kept on the first draw: the same figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from memlib.widgets.base import _TextPixels
+    fig = Figure(figsize=(4, 3), dpi=144)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_yscale("log")
+    ax.set_ylim(1, 1e5)
+    ax.set_title("a title: peak 94.7 GiB", fontweight="bold")
+    ax.text(0.2, 10, "rotated, translucent", rotation=33, alpha=0.5, color="#C44E52")
+    ax.text(0.5, 1e3, "two\nlines", ha="center", va="center", fontsize=7)
+    ax.set_xlabel("$\\alpha$ tokens")
+    fig.canvas.draw()
+    drawn = np.asarray(fig.canvas.buffer_rgba()).astype(int)
+    texts = _TextPixels(fig.canvas.get_renderer())
+    fig.canvas.draw()                               # kept ...
+    fig.canvas.draw()                               # ... and pasted
+    assert len(texts.saved) >= 8
+    pasted = np.asarray(fig.canvas.buffer_rgba()).astype(int)
+    assert np.abs(pasted - drawn).max() <= 3

@@ -68,6 +68,73 @@ def _reuse_ticks(axis, keep: int = 400):
     axis.reset_ticks, axis._get_tick = reset_ticks, get_tick
 
 
+class _TextPixels:
+    """Paste a text drawn before, pixel for pixel, when it comes back at the same place.
+
+    Installed on an explorer canvas's Agg renderer: ``draw_text`` keys each string on what its
+    pixels depend on (the string, its font, size, angle, colour, alpha, and its exact position,
+    fraction of a pixel included) and keeps the pixels it rendered, drawn alone on a
+    transparent scratch canvas.  Tick labels, axis labels and titles mostly stay put between
+    updates, and setting their glyphs again is a large share of a redraw.  A clipped text,
+    and anything else unusual, is drawn as usual."""
+
+    def __init__(self, renderer, keep: int = 2000):
+        from matplotlib.backends.backend_agg import RendererAgg
+        self.renderer, self.keep = renderer, keep
+        self.draw_text = renderer.draw_text                     # matplotlib's own
+        self.scratch = RendererAgg(int(renderer.width), int(renderer.height), renderer.dpi)
+        self.pixels = np.asarray(self.scratch.buffer_rgba())
+        self.blank = self.pixels[0, 0].copy()                   # the scratch canvas' empty pixel
+        self.saved: dict = {}
+        renderer.draw_text = self.paste_or_draw
+
+    def paste_or_draw(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        r = self.renderer
+        plain = (ismath != "TeX" and gc.get_clip_rectangle() is None and gc.get_clip_path()[0] is None
+                 and not gc.get_hatch() and gc.get_sketch_params() is None)
+        if not plain:
+            return self.draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
+        extra = (mtext.get_fontfeatures(), mtext.get_language()) if mtext is not None else None
+        key = (s, ismath, hash(prop), prop.get_size_in_points(), angle, tuple(gc.get_rgb()), gc.get_alpha(),
+               gc.get_forced_alpha(), gc.get_antialiased(), x, y, r.dpi, extra)
+        got = self.saved.get(key)
+        if got is None:
+            got = self.saved[key] = self._render(key, gc, x, y, s, prop, angle, ismath, mtext)
+            if len(self.saved) > self.keep:
+                self.saved.pop(next(iter(self.saved)))
+        if got is not None:
+            rgba, left, bottom = got
+            paste = r.new_gc()                  # the pixels carry the text's alpha already
+            r.draw_image(paste, left, bottom, rgba)
+            paste.restore()
+
+    def _render(self, key, gc, x, y, s, prop, angle, ismath, mtext):
+        """The text's pixels drawn alone (rows bottom first, as ``draw_image`` takes them) and
+        where they go, or None for an empty string."""
+        import math
+        w, h, d = self.renderer.get_text_width_height_descent(s, prop, ismath)
+        if not s or w <= 0:
+            return None
+        # the rotated box of the text around its origin (x, y; y downwards), with room for
+        # antialiasing and glyphs that overhang their advance
+        pad = 4 + prop.get_size_in_points() * self.renderer.dpi / 72 * 0.5
+        c, sn = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        xs, ys = [], []
+        for u, v in ((0, -d), (w, -d), (w, h - d), (0, h - d)):
+            xs.append(x + u * c - v * sn)
+            ys.append(y - (u * sn + v * c))
+        H, W = self.pixels.shape[:2]
+        x0, x1 = max(int(min(xs) - pad), 0), min(int(max(xs) + pad) + 1, W)
+        y0, y1 = max(int(min(ys) - pad), 0), min(int(max(ys) + pad) + 1, H)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        self.draw_text.__func__(self.scratch, gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
+        crop = self.pixels[y0:y1, x0:x1]
+        rgba = np.ascontiguousarray(crop[::-1])
+        crop[...] = self.blank                                   # the scratch canvas empty again
+        return rgba, x0, H - y1
+
+
 class _LegendPixels:
     """Draw a figure whose legends are pasted as pixels when they are the same as one drawn
     before (the last few kept): same entries (texts, their colours and sizes, the handles' colours, hatches,
@@ -120,6 +187,9 @@ class _LegendPixels:
                 leg.draw = self._paster(*self.saved[key])
             elif key is not None:
                 todo.append((ax, leg, key))
+        renderer = fig.canvas.get_renderer()
+        if getattr(self, "_texts", None) is None or self._texts.renderer is not renderer:
+            self._texts = _TextPixels(renderer)
         fig.canvas.draw()
         for ax, leg, key in todo:                   # capture it for the next draw
             w, h = fig.canvas.get_width_height()
