@@ -319,7 +319,9 @@ class Explorer:
         titles and axis labels, the widest tick label, the legend); otherwise the margins are
         kept (or those of an earlier state with the same signature are put back), which saves
         most of the drawing time.  A new layout costs one draw, not two: the draw that
-        computes it also renders the figure."""
+        computes it also renders the figure.  Texts and legends that come back unchanged at
+        the same place are pasted from the pixels of their first draw (:class:`_TextPixels`,
+        :class:`_LegendPixels`), and the axes reuse their Tick objects (:func:`_reuse_ticks`)."""
         self.ax.clear()
         self.plot_fn(result, self.ax)
         key = self._layout_signature()
