@@ -175,9 +175,10 @@ class _LegendPixels:
                 tuple(fig.bbox.bounds), fig.dpi)
 
     def draw(self, fig):
-        """``fig.canvas.draw()``, pasting each legend unchanged since the last draw."""
-        from matplotlib.backends.backend_agg import RendererAgg
-        todo = []
+        """``fig.canvas.draw()``, pasting each legend seen before, capturing the others."""
+        renderer = fig.canvas.get_renderer()
+        if getattr(self, "_texts", None) is None or self._texts.renderer is not renderer:
+            self._texts = _TextPixels(renderer)
         for ax in fig.axes:
             leg = ax.get_legend()
             if leg is None:
@@ -186,25 +187,30 @@ class _LegendPixels:
             if key in self.saved:
                 leg.draw = self._paster(*self.saved[key])
             elif key is not None:
-                todo.append((ax, leg, key))
-        renderer = fig.canvas.get_renderer()
-        if getattr(self, "_texts", None) is None or self._texts.renderer is not renderer:
-            self._texts = _TextPixels(renderer)
+                leg.draw = self._capturer(leg, key)
         fig.canvas.draw()
-        for ax, leg, key in todo:                   # capture it for the next draw
-            w, h = fig.canvas.get_width_height()
-            r = RendererAgg(w, h, fig.dpi)
-            leg.draw(r)
+
+    def _capturer(self, leg, key):
+        """A legend's draw that draws it alone on a transparent canvas, keeps those pixels
+        under ``key`` and pastes them: one drawing of the legend, kept for the next time."""
+        from matplotlib.backends.backend_agg import RendererAgg
+
+        def draw(renderer):
+            w, h = int(renderer.width), int(renderer.height)
+            r = RendererAgg(w, h, renderer.dpi)
+            type(leg).draw(leg, r)
             box = leg.get_window_extent(r)
             x0, y0 = max(int(box.x0) - 3, 0), max(int(box.y0) - 3, 0)
             x1, y1 = min(int(box.x1) + 4, w), min(int(box.y1) + 4, h)
             if x1 <= x0 or y1 <= y0:
-                continue
+                return
             # rows bottom first, as draw_image takes them
             rgba = np.ascontiguousarray(np.asarray(r.buffer_rgba())[h - y1:h - y0, x0:x1][::-1])
             if len(self.saved) >= 8:
                 self.saved.pop(next(iter(self.saved)))
             self.saved[key] = (rgba, x0, y0)
+            self._paster(rgba, x0, y0)(renderer)
+        return draw
 
     @staticmethod
     def _paster(rgba, x, y):
