@@ -95,7 +95,9 @@ class _TextPixels:
         if not plain:
             return self.draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
         extra = (mtext.get_fontfeatures(), mtext.get_language()) if mtext is not None else None
-        key = (s, ismath, hash(prop), prop.get_size_in_points(), angle, tuple(gc.get_rgb()), gc.get_alpha(),
+        font = (tuple(prop.get_family()), prop.get_slant(), prop.get_variant(), prop.get_weight(),
+                prop.get_stretch(), prop.get_size_in_points(), prop.get_file(), prop.get_math_fontfamily())
+        key = (s, ismath, font, angle, tuple(gc.get_rgb()), gc.get_alpha(),
                gc.get_forced_alpha(), gc.get_antialiased(), x, y, r.dpi, extra)
         got = self.saved.get(key)
         if got is None:
