@@ -94,7 +94,7 @@ class _TextPixels:
                  and not gc.get_hatch() and gc.get_sketch_params() is None)
         if not plain:
             return self.draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
-        extra = (mtext.get_fontfeatures(), mtext.get_language()) if mtext is not None else None
+        extra = repr((mtext.get_fontfeatures(), mtext.get_language())) if mtext is not None else None
         font = (tuple(prop.get_family()), prop.get_slant(), prop.get_variant(), prop.get_weight(),
                 prop.get_stretch(), prop.get_size_in_points(), prop.get_file(), prop.get_math_fontfamily())
         key = (s, ismath, font, angle, tuple(gc.get_rgb()), gc.get_alpha(),
