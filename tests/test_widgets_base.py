@@ -90,3 +90,24 @@ def test_a_pasted_text_looks_as_drawn():
     assert len(texts.saved) >= 8
     pasted = np.asarray(fig.canvas.buffer_rgba()).astype(int)
     assert np.abs(pasted - drawn).max() <= 3
+
+
+def test_an_explorer_draws_plainly_when_matplotlib_internals_are_missing(monkeypatch):
+    # the fast path uses private matplotlib helpers of the pinned release; with another release
+    # they may be gone: the explorer must still draw, say the same, and keep working
+    import memlib.widgets as W
+    from PIL import Image
+    from memlib.widgets import base
+
+    ex = W.training_explorer()
+    before = ex.text.value
+
+    def gone(self):
+        raise AttributeError("'XAxis' object has no attribute '_get_tick'")
+
+    monkeypatch.setattr(base.Explorer, "_layout_signature", gone)
+    ex.set(seq_len=ex.controls["seq_len"].value)
+    assert ex.error is None and ex.text.value == before and not ex._fast
+    assert Image.open(io.BytesIO(ex.image.value)).size[0] > 100          # a real picture
+    ex.set(seq_len=2 * ex.controls["seq_len"].value)                         # and it keeps updating
+    assert ex.error is None and ex.text.value != before and _inside_figure(ex)

@@ -269,7 +269,8 @@ class Explorer:
             FigureCanvasAgg(self.fig)
             self.ax = self.fig.add_subplot()
             for axis in (self.ax.xaxis, self.ax.yaxis):
-                _reuse_ticks(axis)
+                if hasattr(axis, "_get_tick") and hasattr(axis, "_copy_tick_props"):   # matplotlib internals
+                    _reuse_ticks(axis)
             self.image.layout = w.Layout(width=f"{round(figsize[0] * CSS_PX_PER_INCH)}px", max_width="100%",
                                          height="auto")
         for c in self.controls.values():
@@ -332,6 +333,28 @@ class Explorer:
         :class:`_LegendPixels`), and the axes reuse their Tick objects (:func:`_reuse_ticks`)."""
         self.ax.clear()
         self.plot_fn(result, self.ax)
+        if self._fast:
+            try:
+                return self._draw_fast()
+            except (AttributeError, TypeError, ImportError):
+                # matplotlib's private helpers this relies on changed (a newer release than the
+                # pinned one): draw plainly from now on, with matplotlib's own text drawing
+                self._fast = False
+                texts = getattr(self._legends, "_texts", None)
+                if texts is not None:
+                    texts.renderer.draw_text = texts.draw_text
+                for ax in self.fig.axes:
+                    leg = ax.get_legend()
+                    if leg is not None:
+                        leg.__dict__.pop("draw", None)
+        self.fig.set_layout_engine("constrained")
+        self.fig.canvas.draw()
+        return png_bytes(self.fig.canvas.buffer_rgba())
+
+    _fast = True
+
+    def _draw_fast(self) -> bytes:
+        """:meth:`_draw` past the plot: the layout kept or put back, texts and legends pasted."""
         key = self._layout_signature()
         if key == self._layout_key or not all(ax.get_in_layout() for ax in self.fig.axes):
             # the same layout as now, or margins the plot function fixed itself
