@@ -15,7 +15,6 @@ differs, every point, and the points the bench could not run, with the reason.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -24,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from memlib.measure.accuracy import read_jsonl  # noqa: E402
 from memlib.measure.compare import compare  # noqa: E402
 
 DATA = ROOT / "data" / "bench" / "parallel.jsonl"
@@ -35,16 +35,7 @@ ORDER = ("ddp", "zero1", "zero2", "zero3", "tp", "tp_sp", "pp", "ep")
 
 def load(path=DATA) -> list[dict]:
     """The stored records; a last line a running sweep is still writing is skipped."""
-    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-    out = []
-    for i, line in enumerate(lines):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                continue
-            raise
-    return out
+    return read_jsonl(path)
 
 
 def label(p: dict) -> str:

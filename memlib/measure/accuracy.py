@@ -70,7 +70,12 @@ def load_records(kind: str, directory=None) -> list[dict]:
     A last line that is not complete JSON (a sweep still appending) is skipped; any other
     bad line raises ``ValueError`` naming the file and line (chapter 08).
     """
-    path = Path(directory if directory is not None else BENCH_DIR) / f"{kind}.jsonl"
+    return read_jsonl(Path(directory if directory is not None else BENCH_DIR) / f"{kind}.jsonl")
+
+
+def read_jsonl(path) -> list[dict]:
+    """The records of one ``.jsonl`` file, read as :func:`load_records` reads them (chapter 08)."""
+    path = Path(path)
     if not path.exists():
         return []
     lines = [ln for ln in path.read_text().split("\n") if ln.strip()]

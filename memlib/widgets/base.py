@@ -289,6 +289,11 @@ class Explorer:
 
     def set(self, **values):
         """Set several controls, then recompute once; returns ``self.result``."""
+        self._assign(values)
+        return self.update()
+
+    def _assign(self, values: dict):
+        """Give several controls their values without recomputing after each one."""
         unknown = set(values) - set(self.controls)
         if unknown:
             raise ValueError(f"unknown control(s) {sorted(unknown)}; controls: {sorted(self.controls)}")
@@ -298,7 +303,6 @@ class Explorer:
                 self.controls[k].value = v
         finally:
             self._hold = False
-        return self.update()
 
     _hold = False
 

@@ -495,14 +495,7 @@ class PlanExplorer(Explorer):
         """Set several controls, then recompute once; ``layout`` is chosen after the drop-down
         is rebuilt for the other values (``ValueError`` listing some that fit if it does not)."""
         want = values.pop("layout", None)
-        if set(values) - set(self.controls):
-            return super().set(**values)             # the unknown-control message
-        self._hold = True
-        try:
-            for k, v in values.items():
-                self.controls[k].value = v
-        finally:
-            self._hold = False
+        self._assign(values)                         # an unknown control: its message
         self._sync_layouts()
         if want is not None:
             ctl = self.controls["layout"]
