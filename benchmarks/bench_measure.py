@@ -7,7 +7,7 @@
 Prints one row per measurement: total wall seconds (build + run), the model build, the
 measured run (prefill: one forward; train: two steps) and the measured peak.  The first
 row also pays for importing torch and transformers, which is timed apart.
-A timing belongs here, not in a test (DESIGN section 5).
+A timing belongs here, not in a test (a timed test fails on a busy machine).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_parallel_planner.py
 
-Target (issue 11): "Llama-3.1-405B on 1024 H100s" answers in under a second.  Each case runs
+Target: "Llama-3.1-405B on 1024 H100s" answers in under a second.  Each case runs
 in a fresh interpreter, so the time includes every cache the planner fills (tensor tables,
 FSDP2 units, optimizer shares, activation skeletons); the median of ``--repeat`` runs is
 printed with the number of layouts evaluated and how many fit.

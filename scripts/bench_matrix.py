@@ -8,11 +8,11 @@ record, errors included, states the torch and transformers versions.  Points alr
 the files are skipped, so the script resumes.  ``scripts/validate_matrix.py`` compares
 memlib's predictions with these measurements.
 
-The matrix (issues 4 and 10):
+The matrix:
 
 * the reference grid: 13 models x s 512/2048/8192 x b 1/4, plus b=2 at s=1024 and b=1 at
   s=4096; bf16/mixed x recompute none/full x sdpa/eager; AdamW, the loop implementation
-  (``optimizer_impl="loop"``, DESIGN section 4's reference rows);
+  (``optimizer_impl="loop"``, the reference rows);
 * the optimizer implementations: ``foreach`` and ``fused`` AdamW on four architectures at
   three shapes (the loop rows of the same shapes are in the reference grid), and SGD with
   momentum in all three implementations on two of them;
@@ -35,13 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "data" / "bench"
 
-#: Issue 4's matrix: catalog models up to ~15B dense, plus two MoE models.
+#: The reference matrix: catalog models up to ~15B dense, plus two MoE models.
 MODELS = ["gpt2", "Qwen3-0.6B", "Phi-3-mini-4k-instruct", "Llama-2-7b", "Mistral-7B-v0.1", "falcon-7b-instruct",
           "Llama-3.1-8B", "Qwen3-8B", "gemma-2-9b", "Llama-2-13b", "opt-13b", "Qwen3-30B-A3B",
           "DeepSeek-V2-Lite"]
-#: (seq_len, batch_size) of the reference grid: issue 4's 3 x 2, plus issue 10's two shapes.
+#: (seq_len, batch_size) of the reference grid: 3 lengths x 2 batches, plus two held-out shapes.
 SHAPES = tuple(itertools.product((512, 2048, 8192), (1, 4))) + ((1024, 2), (4096, 1))
-#: Issue 10: every optimizer implementation on four architectures, at these shapes.
+#: Every optimizer implementation on four architectures, at these shapes.
 IMPL_MODELS = ["gpt2", "Qwen3-0.6B", "Llama-3.1-8B", "Qwen3-30B-A3B"]
 IMPL_SHAPES = ((512, 1), (1024, 2), (2048, 1))
 SGD_MODELS = ["Qwen3-0.6B", "Llama-3.1-8B"]
@@ -88,7 +88,7 @@ NEW_SHAPES = ((1024, 2), (4096, 1))
 
 def priority(kind: str, p: dict) -> int:
     """Which points run first (0 = first): what the bench's corrections (AMP scope, MoE mixed,
-    GPT-2 mixed + full recompute) and issue 10's new shapes and implementations change;
+    GPT-2 mixed + full recompute) and the held-out shapes and implementations change;
     then the rest of the new grid; last the bf16 and prefill points of the old grid, which
     none of those corrections touch."""
     new_shape = (p["seq_len"], p["batch_size"]) in NEW_SHAPES

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "data" / "bench" / "parallel.jsonl"
 SUMMARY = ROOT / "data" / "bench" / "parallel.md"
 
-#: the five architectures of issue 11's matrix: dense GQA, tied embeddings, sliding window,
+#: the five architectures of the validation matrix: dense GQA, tied embeddings, sliding window,
 #: MoE, fused QKV
 MODELS = ["Llama-3.1-8B", "Qwen3-0.6B", "Mistral-7B-v0.1", "Qwen3-30B-A3B", "Phi-3-mini-4k-instruct"]
 MOE = {"Qwen3-30B-A3B", "Mixtral-8x7B-v0.1"}
@@ -41,7 +41,7 @@ POINT_KEYS = ("model", "scenario", "world_size", "precision", "batch_size", "seq
 
 
 def points(models, scenarios, worlds, precisions=PRECISIONS):
-    """The matrix, in two tiers so that an interrupted sweep still covers issue 11's core matrix.
+    """The matrix, in two tiers so that an interrupted sweep still covers the core matrix.
 
     Tier 1 (every model, W, precision): zero3, zero2, tp, tp_sp and the first pipeline stage of
     1F1B.  Tier 2: the last stage of 1F1B, the first stage of GPipe, ddp (W=2 only: DDP's

@@ -9,7 +9,7 @@
 // playwright-core:
 //   1. opens it, waits for its kernel, and checks that JupyterLab did not mark it modified;
 //      saves it (JupyterLab's own save command) and checks that the file is byte-identical
-//      to the committed one (issue 16 item 2);
+//      to the committed one;
 //   2. runs all cells ("Run All") and waits for the kernel to be idle;
 //   3. asserts: no error and no stderr output in any cell; every widget output renders as
 //      a live widget (not "Error displaying widget", not a text repr such as VBox(children=…));

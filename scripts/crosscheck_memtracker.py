@@ -1,4 +1,4 @@
-"""Cross-check the bench against PyTorch's MemTracker on every catalog model (issue 15).
+"""Cross-check the bench against PyTorch's MemTracker on every catalog model.
 
     python scripts/crosscheck_memtracker.py [--models A,B] [--matrix] [--impl loop]
 

@@ -1,4 +1,4 @@
-"""Cross-check the RL bench's counter with PyTorch's own MemTracker (DESIGN section 4b: check new scenarios).
+"""Cross-check the RL bench's counter with PyTorch's own MemTracker (every new scenario is checked this way).
 
     python scripts/crosscheck_rl_memtracker.py [--models tiny|catalog]
 

@@ -7,7 +7,7 @@
 Reads ``data/bench/parallel.jsonl`` (``scripts/bench_parallel.py``) and compares every record
 through the bridge (:func:`memlib.measure.compare.compare`, kind ``"parallel"``): the
 measured rank's training peak (rank 0; for pipelines the stage the point names) against
-:func:`memlib.parallel.rank_memory` under the same plan.  Targets (issue 11): every point
+:func:`memlib.parallel.rank_memory` under the same plan.  Targets: every point
 within 5 %, the median within 2 %, the peak phase right.  The report gives the error by
 scenario and by model, the worst under- and over-estimate, the points whose peak phase
 differs, every point, and the points the bench could not run, with the reason.

@@ -1,4 +1,4 @@
-"""The bench's training dimensions of issues 10 and 15, each against hand arithmetic or an
+"""The bench's training dimensions (AMP scope, optimizer implementations, the mask shim), each against hand arithmetic or an
 independent measurement (real tensors, PyTorch's MemTracker), never against the bench's
 own earlier output.
 
@@ -6,7 +6,7 @@ own earlier output.
 * Optimizer implementations: loop / foreach / fused, AdamW and SGD with momentum.
 * MoE in mixed precision (fp32 grouped GEMMs, as on a GPU).
 * GPT-2, mixed precision, full recompute (the autocast emulation follows checkpointing).
-* The mask shim (issue 15): fake tensors without it build a mask a real run never builds.
+* The mask shim: fake tensors without it build a mask a real run never builds.
 * MemTracker cross-check on a small subset.
 
 Tiny configs, fake and real CPU tensors: well under a minute on 2 cores.
@@ -160,7 +160,7 @@ def test_gpt2_mixed_full_recompute():
     assert fake.phases == real.phases and fake.components == real.components
 
 
-# -- issue 15: the mask shim ---------------------------------------------------------------------------
+# -- the mask shim ------------------------------------------------------------------------------------
 QWEN3_LIKE = {"model_type": "qwen3", "vocab_size": 128, "hidden_size": 128, "num_attention_heads": 8,
               "num_key_value_heads": 4, "head_dim": 32, "num_hidden_layers": 2, "intermediate_size": 96,
               "max_position_embeddings": 256, "tie_word_embeddings": True}
@@ -170,7 +170,7 @@ def test_fake_without_mask_shim_measures_another_program(monkeypatch):
     """On plain FakeTensors transformers thinks it is tracing and builds the causal mask a real
     run skips.  SDPA then gets a mask, so transformers repeats K and V to every query head
     (repeat_kv copies saved instead of K and V: +2*b*s*hd*(nh-nkv)*2 bytes per layer) and SDPA
-    turns the boolean mask into a bf16 one per layer (+2*b*s*s bytes).  That is issue 15's
+    turns the boolean mask into a bf16 one per layer (+2*b*s*s bytes).  That is the reported
     352,321,536 B for Qwen3-0.6B at b=2, s=1024.  With the shim the fake run equals the real one."""
     b, s, nh, nkv, hd, layers = 1, 32, 8, 4, 32, 2
     kw = dict(optimizer_impl="loop")
@@ -182,7 +182,7 @@ def test_fake_without_mask_shim_measures_another_program(monkeypatch):
     plain = measure_train(QWEN3_LIKE, b, s, **kw)
     extra = layers * (2 * b * s * hd * (nh - nkv) * 2 + 2 * b * s * s)
     assert plain.meta["end_of_forward"] - real.meta["end_of_forward"] == extra
-    # issue 15's numbers: Qwen3-0.6B (28 layers, 16 query / 8 KV heads of 128), b=2, s=1024
+    # the reported numbers: Qwen3-0.6B (28 layers, 16 query / 8 KV heads of 128), b=2, s=1024
     assert 28 * (2 * 2 * 1024 * 128 * (16 - 8) * 2 + 2 * 2 * 1024 * 1024) == 11_799_963_360 - 11_447_641_824
 
 

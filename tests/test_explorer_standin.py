@@ -1,4 +1,4 @@
-"""An explorer's output carries a static stand-in for renderers without a kernel (issue 16, item 3).
+"""An explorer's output carries a static stand-in for renderers without a kernel.
 
 JupyterLab draws the widget view; GitHub, nbconvert, the book and a notebook opened before
 it runs show the ``image/png`` (the explorer's current figure) and read the ``text/plain``

@@ -1,4 +1,4 @@
-"""Opening and saving a notebook in Jupyter changes nothing (issue 16, item 2).
+"""Opening and saving a notebook in Jupyter changes nothing.
 
 JupyterLab saves through Jupyter's contents manager, which writes ``nbformat.write(nb,
 version=NO_CONVERT)``; on opening, it stores the kernel's ``kernelspec`` and

@@ -2,7 +2,7 @@
 
 :class:`DistStorageCounter` is :class:`memlib.measure.counter.StorageCounter` plus the
 fixes that distributed training needs.  Each fix is a counting trap that silently breaks a
-plain storage counter (DESIGN section 4b):
+plain storage counter (chapter 05):
 
 * **DTensor is a wrapper.**  A ``DTensor``'s own storage reports the *global* size; the
   rank holds only ``_local_tensor``.  The counter registers and categorises the local

@@ -7,7 +7,7 @@ allocates for a collective is allocated for real (or as a fake tensor), so it is
 
 :func:`fake_world` initialises that process group for the duration of a ``with`` block;
 :func:`cpu_mesh` builds a ``DeviceMesh`` on it.  The mesh must be built *before* entering
-``FakeTensorMode`` (DESIGN section 4b): building it inside makes its rank tensors fake.
+``FakeTensorMode``: building it inside makes its rank tensors fake.
 """
 from __future__ import annotations
 

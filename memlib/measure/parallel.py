@@ -6,7 +6,7 @@ first, then the model is built under ``FakeTensorMode`` and parallelised by PyTo
 transformers') own code.  Collectives move no data but allocate their outputs, so
 all-gather buffers, unsharded gradients and redistributions are counted as they are.
 
-**The train step** is DESIGN section 4's: ``model.train()``, ``AdamW(foreach=False)`` over
+**The train step** is the bench's reference step (chapter 04): ``model.train()``, ``AdamW(foreach=False)`` over
 the parameters this rank holds, a forward with ``labels=input_ids`` (``use_cache=False``),
 ``loss.backward()``, ``opt.step()``, ``opt.zero_grad(set_to_none=True)``; two steps, the
 second measured after ``gc.collect()``.  ``batch_size`` is per rank (the micro-batch).

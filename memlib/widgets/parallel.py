@@ -1,6 +1,6 @@
 """Chapter 05 explorer and figures: what every GPU holds under a parallel layout.
 
-Three layers (DESIGN §3):
+Three layers (model and view apart, as in every explorer):
 
 1. compute: :func:`memlib.parallel.parallel_train_memory`; :func:`explore_parallel` maps
    the explorer's controls onto it (knobs the layout does not use — micro-batches and the
