@@ -13,7 +13,6 @@ pytest.importorskip("transformers")
 
 from memlib.activations import causal_mask_bytes, eager_masks  # noqa: E402
 from memlib.inference import inference_memory  # noqa: E402
-from memlib.measure import measure_train  # noqa: E402
 from memlib.measure.scenarios import measure_prefill  # noqa: E402
 from memlib.scenario import Scenario  # noqa: E402
 from memlib.spec import load_spec  # noqa: E402
