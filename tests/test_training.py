@@ -131,7 +131,7 @@ def test_optimizer_states_by_hand():
 
 
 def test_optimizer_state_does_not_grow_with_batch():
-    # seed 001 says it does; it does not
+    # "How Much GPU Memory Do LLMs Really Need?" says it does; it does not
     a = train_memory("Qwen3-0.6B", 1, 512).meta["optimizer_state"]
     b = train_memory("Qwen3-0.6B", 64, 512).meta["optimizer_state"]
     assert a == b
@@ -149,7 +149,7 @@ def test_lora_by_hand_and_the_12_gb_claim():
     assert lora_params("Llama-2-7b", 16, ["q", "v"]) == 32 * 2 * 16 * (4096 + 4096)
     lora = lora_memory("Llama-2-7b", 1, 512, rank=16, targets=["q", "v"], base="bf16")
     qlora = lora_memory("Llama-2-7b", 1, 512, rank=16, targets=["q", "v"], base="nf4", double_quant=True)
-    assert lora.total > 12 * 10**9 > qlora.total        # seed 004's "LoRA 7B in 12 GB" needs 4-bit
+    assert lora.total > 12 * 10**9 > qlora.total        # "Understanding LLM GPU Memory Requirements": "LoRA 7B in 12 GB" needs 4-bit
     assert lora.meta["base_weights"] == 2 * 6_738_415_616
     assert lora["optimizer"] == 2 * 2 * lora_params("Llama-2-7b", 16, ["q", "v"])
 

@@ -220,7 +220,7 @@ def test_a_pipeline_stage_holds_its_own_parameters(tiny_llama):
 def test_lora_llama2_7b_peft_count_and_fit():
     r = lora_fit("Llama-2-7b", rank=8, targets=["q_proj", "v_proj"], base="bf16")
     assert r.meta["trainable_params"] == 32 * 2 * 8 * (4096 + 4096) == 4_194_304   # what PEFT prints
-    assert r.meta["base_weights"] == 2 * 6_738_415_616 > 12 * 10**9              # seed 004's 12 GB
+    assert r.meta["base_weights"] == 2 * 6_738_415_616 > 12 * 10**9              # the 12 GB of "Understanding LLM GPU Memory Requirements"
     assert r.meta["gpu_memory"] == RTX4090
     assert r.meta["fits"] == (r.total <= RTX4090) and r.meta["margin"] == RTX4090 - r.total
     q = lora_fit("Llama-2-7b", rank=8, targets=["q_proj", "v_proj"], base="nf4", double_quant=True)
