@@ -6,14 +6,7 @@ import pytest
 
 import memlib
 from memlib.kv_cache import beam_search_kv, bytes_per_token, kv_crossover_tokens, kv_cache, kv_summary, layer_bytes_per_token
-
-
-def cfg(**over):
-    base = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 512, "num_attention_heads": 8,
-            "num_key_value_heads": 8, "num_hidden_layers": 4, "intermediate_size": 1024,
-            "max_position_embeddings": 4096}
-    base.update(over)
-    return base
+from small_configs import cfg
 
 
 def test_mha_per_token_by_hand():

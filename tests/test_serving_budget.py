@@ -3,18 +3,11 @@ import numpy as np
 
 import memlib
 from memlib.serving import concurrency, max_concurrency, max_requests, serving_breakdown
+from small_configs import cfg
 
 H100 = round(79.19 * 2**30)                          # the runtime total of an H100 80GB: vLLM's log line
                                                      # 'total_gpu_memory (79.19GiB)' (gateway-api-inference-extension#550)
 LLAMA31_8B_PARAMS = 8_030_261_248                    # published; chapter 01 derives it
-
-
-def cfg(**over):
-    base = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 512, "num_attention_heads": 8,
-            "num_key_value_heads": 8, "num_hidden_layers": 4, "intermediate_size": 1024,
-            "max_position_embeddings": 4096}
-    base.update(over)
-    return base
 
 
 def test_concurrency_by_hand():

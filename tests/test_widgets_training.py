@@ -5,7 +5,6 @@ V=128, H=64, 4 heads of 16, 2 KV heads, 2 layers, I=96, untied embeddings.
 """
 import pytest
 
-import memlib
 from memlib.breakdown import Breakdown
 from memlib.lora import lora_fit
 from memlib.training import state_bytes, train_memory
@@ -13,23 +12,7 @@ from memlib.widgets.training import (lora_explorer, parse_targets, plot_bytes_pe
                                      plot_predicted_vs_measured, plot_step_timeline, training_explorer)
 
 # -- the tiny model, by hand ------------------------------------------------------------------
-V, H, L, I, D, KV = 128, 64, 2, 96, 16, 2
-MATRICES = {  # (rows, cols) per layer, as the model lays them out
-    "q": (H, 4 * D), "k": (H, KV * D), "v": (H, KV * D), "o": (4 * D, H),
-    "gate": (H, I), "up": (H, I), "down": (I, H),
-}
-PER_LAYER = sum(r * c for r, c in MATRICES.values())           # 4096+2048+2048+4096+3*6144 = 30_720
-VECTORS = L * 2 * H + H                                         # two RMSNorms per layer + final norm = 320
-P_TINY = V * H + L * PER_LAYER + VECTORS + V * H                # embed + layers + norms + lm_head
-RTX4090 = round(23.64 * 2**30)                                  # runtime total of an RTX 4090 (LlamaFactory#7234)
-
-
-def test_tiny_count_by_hand(tiny_llama):
-    assert PER_LAYER == 30_720 and VECTORS == 320
-    assert P_TINY == 78_144 == memlib.total_params(tiny_llama)
-    assert RTX4090 == 25_383_256_719                            # 23.64 x 2**30, rounded
-
-
+from tiny_params_by_hand import H, L, MATRICES, P_TINY
 
 
 # -- training_explorer ------------------------------------------------------------------------
