@@ -34,6 +34,7 @@ from .optimizers import tensor_state_bytes
 from .params import named_linears
 from .scenario import DEFAULT_OPTIMIZER_IMPL, OPTIMIZERS, Scenario, attention_used, check_seq_len
 from .spec import load_spec
+from .symbolic import evaluate
 from .training import StepInputs, mlp_backward_extra, step_temporaries, step_timeline, summarize
 from .validation import choice, exact_sweeps, fraction, positive_int, safe_text
 from .weights import weight_memory
@@ -176,6 +177,16 @@ def lora_step(model, batch_size, seq_len, rank: int = 16, targets="all-linear", 
     ``adapter_bytes``.  ``autocast=False`` with ``adapter_dtype="fp32"`` is PEFT's forward
     without an autocast region (the module docstring): fp32 input copies, no cached copies.
     """
+    spec, batch_size, seq_len, rank, lora_dropout, targeted = _checked(
+        model, batch_size, seq_len, rank, targets, base, adapter_dtype, optimizer, lora_dropout)
+    sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer, optimizer_impl,   # the base computes in bf16
+                  _bench_cpu=_bench_cpu)
+    inputs, info = _lora_inputs(spec, sc, rank, targeted, base, double_quant, adapter_dtype, lora_dropout, autocast)
+    return spec, sc, inputs, info
+
+
+def _checked(model, batch_size, seq_len, rank, targets, base, adapter_dtype, optimizer, lora_dropout):
+    """The knobs of a LoRA step, checked: ``(spec, batch_size, seq_len, rank, lora_dropout, targeted)``."""
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
     batch_size = positive_int("batch_size", batch_size)
@@ -186,10 +197,14 @@ def lora_step(model, batch_size, seq_len, rank: int = 16, targets="all-linear", 
     lora_dropout = fraction("lora_dropout", lora_dropout, 0.0, 1.0, inclusive_low=True)
     if lora_dropout >= 1:
         raise ValueError(f"lora_dropout: must be in [0, 1), got {lora_dropout}")
-    targeted = resolve_targets(spec, targets)
+    return spec, batch_size, seq_len, rank, lora_dropout, resolve_targets(spec, targets)
+
+
+def _lora_inputs(spec, sc: Scenario, rank: int, targeted: tuple, base: str, double_quant: bool,
+                 adapter_dtype: str, lora_dropout: float, autocast: bool):
+    """:func:`lora_step`'s ``(inputs, info)`` for checked knobs."""
+    optimizer, optimizer_impl = sc.optimizer, sc.optimizer_impl
     chosen = set(targeted)
-    sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer, optimizer_impl,   # the base computes in bf16
-                  _bench_cpu=_bench_cpu)
     p = 4 if adapter_dtype == "fp32" else 2
     upcast = adapter_dtype == "fp32" and not autocast
     cached = adapter_dtype == "fp32" and autocast        # autocast casts fp32 adapters to bf16 and caches them
@@ -210,7 +225,16 @@ def lora_step(model, batch_size, seq_len, rank: int = 16, targets="all-linear", 
         backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) + dequant for m in layers})
     info = {"chosen": chosen, "trainable": trainable, "base_weights": base_weights, "adapter_bytes": trainable * p,
             "rank": rank, "lora_dropout": lora_dropout}
-    return spec, sc, inputs, info
+    return inputs, info
+
+
+def _lora_marks(batch_size, seq_len, spec, rank, targeted, base, double_quant, adapter_dtype, optimizer, recompute,
+                attention, lora_dropout, optimizer_impl, autocast, grad_accum):
+    """``(marks, activations saved at the end of the forward)`` of a checked LoRA step;
+    :func:`lora_memory` evaluates it through its compiled form (:mod:`memlib.symbolic`)."""
+    sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer, optimizer_impl)
+    inputs, _ = _lora_inputs(spec, sc, rank, targeted, base, double_quant, adapter_dtype, lora_dropout, autocast)
+    return step_timeline(spec, sc, inputs, recompute, grad_accum)
 
 
 def first_layer_unsaved(spec, layer: dict, chosen: set) -> int:
@@ -252,19 +276,22 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
     region, each adapter keeping an fp32 copy of its input (module docstring).
     Chapter 04 §LoRA derives it.
     """
-    spec, sc, inputs, info = lora_step(model, batch_size, seq_len, rank, targets, base, double_quant,
-                                       adapter_dtype, optimizer, recompute, attention, lora_dropout,
-                                       optimizer_impl, autocast)
-    batch_size, seq_len = sc.batch_size, sc.seq_len
-    marks, saved = step_timeline(spec, sc, inputs, recompute, positive_int("grad_accum", grad_accum))
-    meta = {"model": spec.name, "rank": info["rank"], "targets": sorted(info["chosen"]), "base": base,
+    spec, batch_size, seq_len, rank, lora_dropout, targeted = _checked(
+        model, batch_size, seq_len, rank, targets, base, adapter_dtype, optimizer, lora_dropout)
+    Scenario(1, 1, "bf16", attention, recompute, optimizer, optimizer_impl)      # checks the knobs
+    grad_accum = positive_int("grad_accum", grad_accum)
+    marks, saved = evaluate(_lora_marks, batch_size, seq_len, spec, rank, targeted, base, double_quant, adapter_dtype,
+                            optimizer, recompute, attention, lora_dropout, optimizer_impl, autocast, grad_accum)
+    p = 4 if adapter_dtype == "fp32" else 2
+    trainable, base_weights = _adapter_state(spec, rank, targeted, base, double_quant, p, optimizer, optimizer_impl)[:2]
+    meta = {"model": spec.name, "rank": rank, "targets": sorted(targeted), "base": base,
             "double_quant": double_quant, "adapter_dtype": adapter_dtype, "autocast": autocast,
             "optimizer": optimizer, "optimizer_impl": optimizer_impl,
-            "recompute": recompute, "lora_dropout": info["lora_dropout"],
-            "attention": attention_used(spec, attention), "trainable_params": info["trainable"],
-            "base_weights": info["base_weights"], "activations_saved": saved,
+            "recompute": recompute, "lora_dropout": lora_dropout,
+            "attention": attention_used(spec, attention), "trainable_params": trainable,
+            "base_weights": base_weights, "activations_saved": saved,
             "batch_size": batch_size, "seq_len": seq_len}
-    title = f"{spec.name} {'QLoRA' if base == 'nf4' else 'LoRA'} r={info['rank']}, b={batch_size} s={seq_len}"
+    title = f"{spec.name} {'QLoRA' if base == 'nf4' else 'LoRA'} r={rank}, b={batch_size} s={seq_len}"
     return summarize(marks, title, meta)
 
 

@@ -49,6 +49,7 @@ from .params import (attention_params, count_params, layer_params, mlp_params, n
                      total_params)
 from .scenario import DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS, PHASES, Scenario, attention_used, check_seq_len
 from .spec import ModelSpec, load_spec
+from .symbolic import evaluate, larger
 from .validation import choice, exact_sweeps, positive_int
 
 #: The components of a training step, bottom to top, and their kinds.
@@ -199,8 +200,15 @@ class Mark(NamedTuple):
 
     @property
     def total(self):
-        return (self.weights + self.optimizer + self.gradients + self.autocast_cache + self.activations
-                + self.transient)
+        return _mark_total(self)
+
+
+def _mark_total(mk: Mark):
+    """``weights + optimizer + gradients + autocast_cache + activations + transient`` of a :class:`Mark`."""
+    return mk[2] + mk[3] + mk[4] + mk[5] + mk[6] + mk[7]
+
+
+_new_mark = tuple.__new__          # builds a Mark without its __new__'s argument handling
 
 
 @dataclass
@@ -333,7 +341,7 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     st = (x.stage or Stage.whole(spec)).check(spec)
     T, H, V = sc.tokens, spec.hidden_size, spec.vocab_size
     full = {m: total_bytes(d) for m, d in x.layers.items()}
-    kept = {m: kept_per_layer(sc, spec, d, recompute) for m, d in x.layers.items()}
+    kept = full if recompute == "none" else {m: kept_per_layer(sc, spec, d, recompute) for m, d in x.layers.items()}
     attn_extra = {m: _backward_attention_extra(d) for m, d in x.layers.items()}
     model_level = dict(x.model_level) if x.model_level is not None else model_tensors(spec, sc)
     if x.frozen_head:       # nothing needs the final norm's normalised tensor or its output
@@ -362,7 +370,7 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
     marks = []
 
     def mark(phase, label, g, c, a, t, layer=None, part=None):
-        marks.append(Mark(phase, label, w, o, g, c, a, t, layer, part))
+        marks.append(_new_mark(Mark, (phase, label, w, o, g, c, a, t, layer, part)))
 
     # -- forward: each layer's tensors exist while it runs; it keeps `kept`; autocast caches
     # a bf16 copy of each weight it casts, until the forward leaves the autocast region
@@ -409,9 +417,9 @@ def step_timeline(spec: ModelSpec, sc: Scenario, x: StepInputs, recompute: str =
         extra = x.backward_mlp_extra[m]
         if x.mlp_grad_moment and m in x.mlp_grad_moment:   # a weight gradient made inside the MLP's
             act, grad = x.mlp_grad_moment[m]                 # backward: new unless accumulating
-            extra = np.maximum(extra, act + grad * new) if isinstance(extra, np.ndarray) else max(extra, act + grad * new)
+            extra = larger(extra, act + grad * new)
         mlp_t = dh + back + extra
-        attn_t = dh + (np.maximum(back + attn_extra[m], 0) if isinstance(back, np.ndarray) else max(back + attn_extra[m], 0))
+        attn_t = dh + larger(back + attn_extra[m], 0)
         for i in sorted({b - 1, a}, reverse=True):  # the two ends of the run
             k = b - 1 - i
             g, ac = grads + k * gl[m] * new, acts - k * kept[m]
@@ -448,7 +456,7 @@ def summarize(marks, title: str, meta: dict) -> Breakdown:
     ``meta["marks"]`` keeps the :class:`Mark` records; ``meta["timeline"]`` the
     ``(phase, label, live bytes)`` of each.
     """
-    totals = [(mk.phase, mk.label, mk.total) for mk in marks]
+    totals = [(mk[0], mk[1], _mark_total(mk)) for mk in marks]
     meta = dict(meta, timeline=totals, marks=marks)
     if not isinstance(meta["batch_size"], np.ndarray) and not isinstance(meta["seq_len"], np.ndarray):
         best_of: dict = {}                      # phase -> index of its largest mark (the first on ties)
@@ -617,7 +625,15 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     positive_int("grad_accum", grad_accum)
     sc = Scenario(batch_size, seq_len, precision, attention, recompute, optimizer, optimizer_impl,
                   _bench_cpu=_bench_cpu)
-    st = (stage or Stage.whole(spec)).check(spec)
+    (stage or Stage.whole(spec)).check(spec)
+    return spec, sc, step_inputs(spec, sc, stage)
+
+
+def step_inputs(spec: ModelSpec, sc: Scenario, stage: Stage | None = None) -> StepInputs:
+    """The :class:`StepInputs` of a full fine-tuning step of a validated scenario (chapter 04):
+    what :func:`prepare_step` returns after checking the knobs."""
+    optimizer, optimizer_impl = sc.optimizer, sc.optimizer_impl
+    st = stage or Stage.whole(spec)
     whole = stage is None or st == Stage.whole(spec)
     p = 4 if sc.mixed else 2
     head, per_layer, emb, tied = _grads_by_part(spec, p)
@@ -635,7 +651,19 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
         layers=layers, backward_mlp_extra={m: mlp_backward_extra(spec, sc, m) for m in layers},
         mlp_grad_moment={m: mlp_gradient_moment(spec, sc, m) for m in layers},
         stage=None if whole else st)
-    return spec, sc, inputs
+    return inputs
+
+
+def _step_marks(batch_size, seq_len, spec, precision, optimizer, recompute, attention, grad_accum, stage,
+                _bench_cpu, optimizer_impl):
+    """``(marks, activations saved at the end of the forward, optimizer state, autocast cache)``
+    of a validated full fine-tuning step; :func:`train_memory` evaluates it through its
+    compiled form (:mod:`memlib.symbolic`)."""
+    sc = Scenario(batch_size, seq_len, precision, attention, recompute, optimizer, optimizer_impl,
+                  _bench_cpu=_bench_cpu)
+    inputs = step_inputs(spec, sc, stage)
+    marks, saved = step_timeline(spec, sc, inputs, recompute, grad_accum)
+    return marks, saved, inputs.optimizer, inputs.autocast_cache
 
 
 @exact_sweeps("batch_size", "seq_len")
@@ -665,15 +693,20 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     array) and ``meta["peak_phase"]`` is an array of phase names.
     """
     choice("runtime", runtime, ("transformers",))
-    spec, sc, inputs = prepare_step(model, batch_size, seq_len, precision, optimizer, recompute,
-                                    attention, grad_accum, stage, _bench_cpu, optimizer_impl)
-    batch_size, seq_len = sc.batch_size, sc.seq_len
-    marks, saved = step_timeline(spec, sc, inputs, recompute, grad_accum)
+    spec = load_spec(model)
+    seq_len = check_seq_len(spec, seq_len)
+    batch_size = positive_int("batch_size", batch_size)
+    positive_int("grad_accum", grad_accum)
+    Scenario(1, 1, precision, attention, recompute, optimizer, optimizer_impl)      # checks the knobs
+    if stage is not None:
+        stage.check(spec)
+    marks, saved, opt_state, cache = evaluate(_step_marks, batch_size, seq_len, spec, precision, optimizer,
+                                              recompute, attention, grad_accum, stage, _bench_cpu, optimizer_impl)
     meta = {"model": spec.name, "precision": precision, "optimizer": optimizer, "optimizer_impl": optimizer_impl,
             "recompute": recompute,
             "attention": attention_used(spec, attention), "grad_accum": grad_accum, "runtime": runtime,
             "batch_size": batch_size, "seq_len": seq_len, "activations_saved": saved,
-            "autocast_cache": inputs.autocast_cache, "optimizer_state": inputs.optimizer,
+            "autocast_cache": cache, "optimizer_state": opt_state,
             "params": total_params(spec)}
     title = (f"{spec.name} train step, b={batch_size} s={seq_len} {precision} {optimizer} "
              f"({optimizer_impl}) recompute={recompute}")
@@ -706,7 +739,7 @@ def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):
     if moe:
         routing_mul = 3 * sc.residual_bytes * sc.tokens * spec.experts_per_token * spec.hidden_size
         act_up_mul = mlp_gradient_moment(spec, sc, moe)[0]
-        return np.maximum(routing_mul, act_up_mul) if isinstance(routing_mul, np.ndarray) else max(routing_mul, act_up_mul)
+        return larger(routing_mul, act_up_mul)
     return 2 * 2 * sc.tokens * spec.intermediate_size
 
 
