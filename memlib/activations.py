@@ -592,20 +592,6 @@ def model_state_bytes(spec: ModelSpec, precision: str) -> int:
     return total_params(spec) * (4 if precision == "mixed" else 2)
 
 
-def _saved_parts(batch_size, seq_len, spec: ModelSpec, precision: str, attention: str, recompute: str):
-    """What :func:`activation_breakdown` sums, for a checked scenario: ``(saved_by_block,
-    model_saved, the first layer's {tensor: bytes}, {moe: one layer's total}, {moe: its S² part},
-    the checkpoints' model-level inputs)``; evaluated through its compiled form (:mod:`memlib.symbolic`)."""
-    from .training import checkpointed_inputs    # training imports this module
-    sc = Scenario(batch_size, seq_len, precision, attention, recompute)
-    tensors = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
-    first = {k: t.nbytes for k, t in tensors[spec.moe_layers[0]].items()}     # layer_saved of layer 0
-    full = {m: total_bytes(d) for m, d in tensors.items()}
-    quadratic = {m: total_bytes([t for t in d.values() if is_quadratic(t)]) for m, d in tensors.items()}
-    return (saved_by_block(spec, sc, tensors), model_saved(spec, sc), first, full, quadratic,
-            checkpointed_inputs(spec, sc, recompute))
-
-
 @exact_sweeps("batch_size", "seq_len")
 def activation_breakdown(model, batch_size, seq_len, precision: str = "bf16", attention: str = "sdpa",
                          recompute: str = "none"):
@@ -625,37 +611,51 @@ def activation_breakdown(model, batch_size, seq_len, precision: str = "bf16", at
     scalar inputs) and the model states (``states``: weights + gradients + optimizer state).
     ``batch_size`` and ``seq_len`` may be numpy arrays (components are then arrays).
     """
-    from .training import train_memory    # training imports this module
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
     batch_size = positive_int("batch_size", batch_size)
     choice("recompute", recompute, RECOMPUTE)
+    Scenario(1, 1, precision, attention, recompute)      # checks the knobs
+    return evaluate(_activation_result, batch_size, seq_len, spec, precision, attention, recompute)
+
+
+def _activation_result(batch_size, seq_len, spec: ModelSpec, precision: str, attention: str, recompute: str):
+    """:func:`activation_breakdown` for checked knobs (evaluated through :mod:`memlib.symbolic`:
+    compiled once per model and knobs)."""
+    from .training import checkpointed_inputs, train_memory, train_result    # training imports this module
     sc = Scenario(batch_size, seq_len, precision, attention, recompute)
-    train = train_memory(spec, batch_size, seq_len, precision=precision, recompute=recompute, attention=attention)
-    blocks, ms, first, full, quadratic, checkpoints = evaluate(_saved_parts, batch_size, seq_len, spec, precision,
-                                                               attention, recompute)
+    if isinstance(batch_size, np.ndarray) or isinstance(seq_len, np.ndarray):   # a sweep: train_memory checks its range
+        train = train_memory(spec, batch_size, seq_len, precision=precision, recompute=recompute, attention=attention)
+    else:
+        train = train_result(batch_size, seq_len, spec, precision=precision, recompute=recompute, attention=attention)
+    tensors = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
+    blocks = saved_by_block(spec, sc, tensors)
     T, H, L = sc.tokens, spec.hidden_size, spec.num_layers
-    scalar = np.ndim(T) == 0
+    scalar = not isinstance(T, np.ndarray)
     comps: dict = {}
     if recompute == "full":
-        comps["layer inputs (checkpoints)"] = L * sc.residual_bytes * T * H + checkpoints
+        comps["layer inputs (checkpoints)"] = L * sc.residual_bytes * T * H + checkpointed_inputs(spec, sc, recompute)
     else:
         copies = blocks["autocast weight copies"]      # shown only where a family saves them
         comps.update({k: v for k, v in blocks.items()
                       if k != "autocast weight copies" or (copies != 0 if scalar else np.any(copies))})
         if recompute == "selective":
             comps["attention S²"] = 0 * blocks["attention S²"]
+    ms = model_saved(spec, sc)
     loss = ms.pop("loss.log_softmax_fp32")
     other = 0
     for v in ms.values():
         other = other + v
     comps["outside the layers"] = other
     comps["loss log-softmax (fp32)"] = loss
+    first = {k: t.nbytes for k, t in tensors[spec.moe_layers[0]].items()}     # layer_saved of layer 0
     per_layer = sum(first.values())
+    full = {m: total_bytes(d) for m, d in tensors.items()}
     if recompute == "full":
         extra = max(full[m] - sc.residual_bytes * T * H for m in full) if scalar else None
     elif recompute == "selective":
-        extra = max(quadratic.values()) if scalar else None
+        extra = max(total_bytes([t for t in d.values() if is_quadratic(t)]) for d in tensors.values()) \
+            if scalar else None
     else:
         extra = 0
     states = (train.meta.get("optimizer_state", 0) + 2 * model_state_bytes(spec, precision)

@@ -23,6 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .symbolic import exact_int
 from .units import GB, GiB, fmt_bytes
 
 #: The kinds of memory a component can be.
@@ -31,11 +32,9 @@ _KIND_SET = frozenset(KINDS)
 
 
 def _as_bytes(v):
-    if type(v) is int:
-        return v
     if isinstance(v, np.ndarray):
         return v.astype(np.int64)
-    return int(v)
+    return exact_int(v)
 
 
 def _sum(values):

@@ -228,13 +228,22 @@ def _lora_inputs(spec, sc: Scenario, rank: int, targeted: tuple, base: str, doub
     return inputs, info
 
 
-def _lora_marks(batch_size, seq_len, spec, rank, targeted, base, double_quant, adapter_dtype, optimizer, recompute,
-                attention, lora_dropout, optimizer_impl, autocast, grad_accum):
-    """``(marks, activations saved at the end of the forward)`` of a checked LoRA step;
-    :func:`lora_memory` evaluates it through its compiled form (:mod:`memlib.symbolic`)."""
+def _lora_result(batch_size, seq_len, spec, rank, targeted, base, double_quant, adapter_dtype, optimizer, recompute,
+                 attention, lora_dropout, optimizer_impl, autocast, grad_accum) -> Breakdown:
+    """:func:`lora_memory` for checked knobs (evaluated through :mod:`memlib.symbolic`:
+    compiled once per model and knobs)."""
     sc = Scenario(batch_size, seq_len, "bf16", attention, recompute, optimizer, optimizer_impl)
-    inputs, _ = _lora_inputs(spec, sc, rank, targeted, base, double_quant, adapter_dtype, lora_dropout, autocast)
-    return step_timeline(spec, sc, inputs, recompute, grad_accum)
+    inputs, info = _lora_inputs(spec, sc, rank, targeted, base, double_quant, adapter_dtype, lora_dropout, autocast)
+    marks, saved = step_timeline(spec, sc, inputs, recompute, grad_accum)
+    meta = {"model": spec.name, "rank": rank, "targets": sorted(targeted), "base": base,
+            "double_quant": double_quant, "adapter_dtype": adapter_dtype, "autocast": autocast,
+            "optimizer": optimizer, "optimizer_impl": optimizer_impl,
+            "recompute": recompute, "lora_dropout": lora_dropout,
+            "attention": attention_used(spec, attention), "trainable_params": info["trainable"],
+            "base_weights": info["base_weights"], "activations_saved": saved,
+            "batch_size": batch_size, "seq_len": seq_len}
+    title = f"{spec.name} {'QLoRA' if base == 'nf4' else 'LoRA'} r={rank}, b={batch_size} s={seq_len}"
+    return summarize(marks, title, meta)
 
 
 def first_layer_unsaved(spec, layer: dict, chosen: set) -> int:
@@ -280,19 +289,8 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
         model, batch_size, seq_len, rank, targets, base, adapter_dtype, optimizer, lora_dropout)
     Scenario(1, 1, "bf16", attention, recompute, optimizer, optimizer_impl)      # checks the knobs
     grad_accum = positive_int("grad_accum", grad_accum)
-    marks, saved = evaluate(_lora_marks, batch_size, seq_len, spec, rank, targeted, base, double_quant, adapter_dtype,
-                            optimizer, recompute, attention, lora_dropout, optimizer_impl, autocast, grad_accum)
-    p = 4 if adapter_dtype == "fp32" else 2
-    trainable, base_weights = _adapter_state(spec, rank, targeted, base, double_quant, p, optimizer, optimizer_impl)[:2]
-    meta = {"model": spec.name, "rank": rank, "targets": sorted(targeted), "base": base,
-            "double_quant": double_quant, "adapter_dtype": adapter_dtype, "autocast": autocast,
-            "optimizer": optimizer, "optimizer_impl": optimizer_impl,
-            "recompute": recompute, "lora_dropout": lora_dropout,
-            "attention": attention_used(spec, attention), "trainable_params": trainable,
-            "base_weights": base_weights, "activations_saved": saved,
-            "batch_size": batch_size, "seq_len": seq_len}
-    title = f"{spec.name} {'QLoRA' if base == 'nf4' else 'LoRA'} r={rank}, b={batch_size} s={seq_len}"
-    return summarize(marks, title, meta)
+    return evaluate(_lora_result, batch_size, seq_len, spec, rank, targeted, base, double_quant, adapter_dtype,
+                    optimizer, recompute, attention, lora_dropout, optimizer_impl, autocast, grad_accum)
 
 
 def lora_fit(model, gpu="RTX 4090 24GB", batch_size: int = 1, seq_len: int = 2048, rank: int = 16,

@@ -4,22 +4,28 @@ Every byte count of a step is a product of tensor dimensions: a polynomial in th
 size ``B`` and the sequence length ``S`` (``2·B·S·H`` for a hidden state,
 ``4·B·heads·S²`` for a score matrix), plus a few quantities that are not: a comparison
 (``S >= sliding_window``, ``B == 1``), the larger of two moments, an integer division.
-For one model and one set of knobs, :func:`compiled` runs an estimate's own code once
-with ``B`` and ``S`` as :class:`Sym` values.  Arithmetic on them collects polynomial
-terms; a comparison, ``larger`` or ``//`` becomes a *derived* value, computed from the
-values before it.  The result is turned into a small Python function of ``(B, S)`` that
-rebuilds the same structure (dicts, lists, named tuples) with every number evaluated:
-exact Python integers, identical to what the estimate's code computes for those inputs,
-at a fraction of the cost.
 
-Anything the tracer cannot express (``bool(sym)``, ``int(sym)``, formatting it, a
-numpy call) raises :class:`NotTraceable`; :func:`compiled` then returns ``None`` and the
-caller runs the estimate's code directly.  The estimate's code stays the one definition
-of every formula; this module only makes calling it again cheap.
+For one model and one set of knobs, :func:`evaluate` runs an estimate's own code once
+with ``B`` and ``S`` as :class:`Sym` values, which carry the call's numbers too.
+Arithmetic collects polynomial terms; a comparison, :func:`larger` or ``//`` becomes a
+*derived* value, computed from the values before it.  Where the code decides something
+from a value (``if``, ``max``, the peak of a timeline), the decision is taken with the
+call's numbers and recorded as a *guard*.  The result becomes a small Python function of
+``(B, S)`` that checks the guards and rebuilds the same structure (dicts, lists, named
+tuples, :class:`~memlib.breakdown.Breakdown`) with every number evaluated: exact Python
+integers, identical to what the estimate's code computes for those inputs, at a fraction
+of the cost.  A call whose numbers fail a guard is traced again (a few variants per key
+are kept) or, beyond that, runs the estimate's code directly.
+
+Anything the tracer cannot express (``int(sym)``, formatting it, hashing it, a numpy
+call) raises :class:`NotTraceable`, and the estimate runs directly for that key.  The
+estimate's code stays the one definition of every formula; this module only makes
+calling it again cheap.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+import dataclasses
+import re
 from typing import Callable
 
 import numpy as np
@@ -39,20 +45,36 @@ def _const(x):
 
 
 class _Trace:
-    """The variables of one trace: ``B``, ``S`` and the derived values, each with its code."""
+    """The variables of one trace: ``B``, ``S``, the derived values and the guards, in order."""
 
     def __init__(self):
-        self.defs: list[str] = []          # code of each variable, in order (B and S: arguments)
         self.names: list[str] = []
+        self.lines: list[str] = []          # derived values and guard checks, in the order made
+        self.monomials: dict = {}           # a product of variables -> the name it is computed once as
+        self.formatted: list = []           # (value, format spec) of each value formatted into a string
 
-    def var(self, name: str, code: str | None = None) -> "Sym":
-        i = len(self.names)
+    def var(self, name: str, value: int, code: str | None = None) -> "Sym":
         self.names.append(name)
-        self.defs.append(code)
-        return Sym(self, {((i, 1),): 1})
+        if code is not None:
+            self.lines.append(f"{name} = {code}")
+        return Sym(self, {((len(self.names) - 1, 1),): 1}, value)
 
-    def derived(self, code: str) -> "Sym":
-        return self.var(f"d{len(self.names)}", code)
+    def derived(self, code: str, value: int) -> "Sym":
+        return self.var(f"d{len(self.names)}", value, code)
+
+    def guard(self, code: str, outcome: bool):
+        self.lines.append(f"if {'not ' if outcome else ''}({code}): return _MISS")
+
+    def monomial(self, m: tuple) -> str:
+        """The name of the product ``m`` (``((var, power), ...)``), computed once per call."""
+        factors = [self.names[v] for v, p in m for _ in range(p)]
+        if len(factors) == 1:
+            return factors[0]
+        name = self.monomials.get(m)
+        if name is None:
+            name = self.monomials[m] = f"m{len(self.monomials)}"
+            self.lines.append(f"{name} = {'*'.join(factors)}")
+        return name
 
 
 def _mono_mul(a: tuple, b: tuple) -> tuple:
@@ -63,14 +85,15 @@ def _mono_mul(a: tuple, b: tuple) -> tuple:
 
 
 class Sym:
-    """A polynomial with integer coefficients in the variables of one trace."""
+    """An integer polynomial in the variables of one trace, with its value for the traced call."""
 
-    __slots__ = ("trace", "terms")
+    __slots__ = ("trace", "terms", "value")
     __hash__ = None
 
-    def __init__(self, trace: _Trace, terms: dict):
+    def __init__(self, trace: _Trace, terms: dict, value: int):
         self.trace = trace
         self.terms = {m: c for m, c in terms.items() if c}
+        self.value = value
 
     def _lift(self, other) -> "Sym":
         if isinstance(other, Sym):
@@ -80,7 +103,7 @@ class Sym:
         c = _const(other)
         if c is None:
             raise NotTraceable(f"cannot trace an operation with {type(other).__name__}")
-        return Sym(self.trace, {(): c})
+        return Sym(self.trace, {(): c}, c)
 
     # -- the ring: +, -, * --------------------------------------------------------------
     def __add__(self, other):
@@ -88,12 +111,12 @@ class Sym:
         terms = dict(self.terms)
         for m, c in o.terms.items():
             terms[m] = terms.get(m, 0) + c
-        return Sym(self.trace, terms)
+        return Sym(self.trace, terms, self.value + o.value)
 
     __radd__ = __add__
 
     def __neg__(self):
-        return Sym(self.trace, {m: -c for m, c in self.terms.items()})
+        return Sym(self.trace, {m: -c for m, c in self.terms.items()}, -self.value)
 
     def __sub__(self, other):
         return self + (-self._lift(other))
@@ -108,53 +131,91 @@ class Sym:
             for m2, c2 in o.terms.items():
                 m = _mono_mul(m1, m2)
                 terms[m] = terms.get(m, 0) + c1 * c2
-        return Sym(self.trace, terms)
+        return Sym(self.trace, terms, self.value * o.value)
 
     __rmul__ = __mul__
 
     # -- what is not a polynomial: derived values ---------------------------------------------
-    def _derive(self, op: str, other, reverse: bool = False):
-        a, b = self.code(), self._lift(other).code()
+    def _derive(self, template: str, op, other, reverse: bool = False):
+        a, b = self, self._lift(other)
         if reverse:
             a, b = b, a
-        return self.trace.derived(op.format(a, b))
+        return self.trace.derived(template.format(a.code(), b.code()), op(a.value, b.value))
 
     def __floordiv__(self, other):
         d = _const(other)
         if d and all(c % d == 0 for c in self.terms.values()):     # exact: divide the coefficients
-            return Sym(self.trace, {m: c // d for m, c in self.terms.items()})
-        return self._derive("({}) // ({})", other)
+            return Sym(self.trace, {m: c // d for m, c in self.terms.items()}, self.value // d)
+        return self._derive("({}) // ({})", lambda a, b: a // b, other)
 
     def __rfloordiv__(self, other):
-        return self._derive("({}) // ({})", other, reverse=True)
+        return self._derive("({}) // ({})", lambda a, b: a // b, other, reverse=True)
+
+    def _compare(self, other, op: str, test):
+        """``int(self op other)``, as ``int((self - other) op 0)``: a constant where the sign of
+        the difference is known for every ``B, S >= 1``, else a derived value."""
+        diff = self - self._lift(other)
+        sign = diff._sign()
+        if sign is not None:
+            c = int(test(sign, 0))
+            return Sym(self.trace, {(): c}, c)
+        return self.trace.derived(f"int(({diff.code()}) {op} 0)", int(test(diff.value, 0)))
 
     def __ge__(self, other):
-        return self._derive("int(({}) >= ({}))", other)
+        return self._compare(other, ">=", lambda a, b: a >= b)
 
     def __gt__(self, other):
-        return self._derive("int(({}) > ({}))", other)
+        return self._compare(other, ">", lambda a, b: a > b)
 
     def __le__(self, other):
-        return self._derive("int(({}) <= ({}))", other)
+        return self._compare(other, "<=", lambda a, b: a <= b)
 
     def __lt__(self, other):
-        return self._derive("int(({}) < ({}))", other)
+        return self._compare(other, "<", lambda a, b: a < b)
 
     def __eq__(self, other):
-        return self._derive("int(({}) == ({}))", other)
+        return self._compare(other, "==", lambda a, b: a == b)
 
     def __ne__(self, other):
-        return self._derive("int(({}) != ({}))", other)
+        return self._compare(other, "!=", lambda a, b: a != b)
+
+    def _sign(self):
+        """1, 0 or -1 where the sign holds for every ``B, S >= 1`` (a polynomial in ``B`` and
+        ``S`` alone whose coefficients all have one sign), else ``None``."""
+        if not self.terms:
+            return 0
+        if any(v > 1 for m in self.terms for v, _ in m):      # a derived value: any sign
+            return None
+        if all(c > 0 for c in self.terms.values()):
+            return 1
+        if all(c < 0 for c in self.terms.values()):
+            return -1
+        return None
+
+    # -- a decision: taken with the traced call's value, kept as a guard -----------------------
+    def __bool__(self):
+        outcome = bool(self.value)
+        if self._sign() is None:                 # else the same for every B, S >= 1: no guard
+            self.trace.guard(self.code(), outcome)
+        return outcome
+
+    # -- formatted into a string: a placeholder, formatted again at every call ---------------------
+    def __format__(self, spec: str) -> str:
+        self.trace.formatted.append((self, spec))
+        return f"{_OPEN}{len(self.trace.formatted) - 1}{_CLOSE}"
+
+    def __str__(self):
+        return self.__format__("")
 
     # -- what would lose the symbol: refused -----------------------------------------------------
     def _refuse(self, *args):
-        raise NotTraceable("a traced value was used as a plain number (a branch, int(), a format)")
+        raise NotTraceable("a traced value was used as a plain number (int(), a division)")
 
-    __bool__ = __int__ = __index__ = __float__ = __format__ = __str__ = _refuse
-    __truediv__ = __rtruediv__ = __pow__ = __mod__ = __array__ = _refuse
+    __int__ = __index__ = __float__ = _refuse
+    __truediv__ = __rtruediv__ = __pow__ = __mod__ = __array__ = __abs__ = _refuse
 
     def __repr__(self):
-        return f"Sym({self.code()})"
+        return f"Sym({self.code()} = {self.value})"
 
     # -- code ------------------------------------------------------------------------------
     def code(self) -> str:
@@ -163,34 +224,75 @@ class Sym:
             return "0"
         parts = []
         for m, c in sorted(self.terms.items()):
-            factors = [self.trace.names[v] for v, p in m for _ in range(p)]
-            if c != 1 or not factors:
-                factors.insert(0, str(c))
-            parts.append("*".join(factors))
+            if not m:
+                parts.append(str(c))
+            else:
+                name = self.trace.monomial(m)
+                parts.append(name if c == 1 else f"{c}*{name}")
         return " + ".join(parts).replace("+ -", "- ")
 
 
 def larger(a, b):
-    """``max(a, b)`` for ints, numpy arrays (element-wise) and traced values alike (chapter 08)."""
+    """``max(a, b)`` for ints, numpy arrays (element-wise) and traced values alike, without a
+    guard: the larger one is computed at every call (chapter 08)."""
     if isinstance(a, Sym) or isinstance(b, Sym):
         s = a if isinstance(a, Sym) else b
-        return s.trace.derived(f"max({s._lift(a).code()}, {s._lift(b).code()})")
+        a, b = s._lift(a), s._lift(b)
+        sign = (a - b)._sign()
+        if sign is not None:                     # the same one for every B, S >= 1
+            return a if sign >= 0 else b
+        return s.trace.derived(f"max({a.code()}, {b.code()})", max(a.value, b.value))
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return np.maximum(a, b)
     return max(a, b)
 
 
+def is_traced(v) -> bool:
+    """True for a traced value (it stands for a Python int)."""
+    return isinstance(v, Sym)
+
+
+def exact_int(v):
+    """``int(v)`` that keeps a traced value as it is (it stands for a Python int)."""
+    return v if type(v) is int or isinstance(v, Sym) else int(v)
+
+
 # ------------------------------------------------------------------------------------------
 # from a traced result to a function of (B, S)
 
-_IMMUTABLE = (str, int, float, bool, type(None), frozenset)
+_MISS = object()          # what a compiled function returns when a guard fails
+_OPEN, _CLOSE = "\ue000", "\ue001"     # around a formatted value's number in a traced string (private use)
+_PLACEHOLDER = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
+
+
+def _rebuild(cls, values: tuple):
+    """A dataclass instance with these field values, without running ``__init__`` again
+    (its checks ran when the result was traced)."""
+    obj = object.__new__(cls)
+    for f, v in zip(_fields(cls), values):
+        object.__setattr__(obj, f, v)
+    return obj
+
+
+_FIELDS: dict = {}
+
+
+def _fields(cls) -> tuple:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 class _Emitter:
-    def __init__(self):
+    def __init__(self, trace: _Trace):
+        self.trace = trace
         self.consts: dict = {}
 
     def const(self, obj) -> str:
+        for name, v in self.consts.items():
+            if v is obj:
+                return name
         name = f"_c{len(self.consts)}"
         self.consts[name] = obj
         return name
@@ -198,61 +300,119 @@ class _Emitter:
     def emit(self, obj) -> str:
         if isinstance(obj, Sym):
             return f"({obj.code()})"
-        if type(obj) in (int, str, bool, type(None)):
+        t = type(obj)
+        if t is str and _OPEN in obj:
+            return self.string(obj)
+        if t in (int, str, bool, type(None)):
             return repr(obj)
-        if isinstance(obj, dict) and type(obj) is dict:
+        if t is float or t is frozenset:
+            return self.const(obj)
+        if t is dict:
             return "{" + ", ".join(f"{self.emit(k)}: {self.emit(v)}" for k, v in obj.items()) + "}"
-        if type(obj) is list:
+        if t is list:
             return "[" + ", ".join(self.emit(v) for v in obj) + "]"
-        if type(obj) is tuple:
+        if t is tuple:
             return "(" + "".join(f"{self.emit(v)}, " for v in obj) + ")"
         if isinstance(obj, tuple) and hasattr(obj, "_fields"):     # a named tuple, built without its __new__
-            return f"_new({self.const(type(obj))}, (" + "".join(f"{self.emit(v)}, " for v in obj) + "))"
-        if isinstance(obj, _IMMUTABLE) or _frozen_without_sym(obj):
-            return self.const(obj)
-        raise NotTraceable(f"cannot rebuild a {type(obj).__name__} in a compiled estimate")
+            return f"_new({self.const(t)}, (" + "".join(f"{self.emit(v)}, " for v in obj) + "))"
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            values = [getattr(obj, f) for f in _fields(t)]
+            if t.__dataclass_params__.frozen and not _holds_sym(values):
+                return self.const(obj)                          # a ModelSpec, a Stage: shared as is
+            return f"_rebuild({self.const(t)}, (" + "".join(f"{self.emit(v)}, " for v in values) + "))"
+        raise NotTraceable(f"cannot rebuild a {t.__name__} in a compiled estimate")
 
 
-def _frozen_without_sym(obj) -> bool:
-    """A frozen dataclass (a ModelSpec, a Stage) is shared as is: it holds no traced value."""
-    params = getattr(type(obj), "__dataclass_params__", None)
-    if params is None or not params.frozen:
-        return False
-    return not any(isinstance(getattr(obj, f), Sym) for f in obj.__dataclass_fields__)
+    def string(self, text: str) -> str:
+        """Code for a string with formatted values in it: its pieces, joined."""
+        pieces, literals, at = [], [], 0
+        for m in _PLACEHOLDER.finditer(text):
+            value, spec = self.trace.formatted[int(m.group(1))]
+            literals.append(text[at:m.start()])
+            pieces += [repr(literals[-1]), f"format({value.code()}, {spec!r})"]
+            at = m.end()
+        literals.append(text[at:])
+        pieces.append(repr(literals[-1]))
+        if any(_OPEN in p or _CLOSE in p for p in literals):
+            raise NotTraceable("a string with a formatted value was cut or changed")
+        return "(" + " + ".join(p for p in pieces if p != "''") + ")"
 
 
-def trace(build: Callable, *key) -> Callable:
-    """``build(B, S, *key)`` traced once and compiled into a function of ``(B, S)`` returning
-    the same structure with every number evaluated.  Raises :class:`NotTraceable`."""
+def _holds_sym(obj) -> bool:
+    if isinstance(obj, Sym) or (isinstance(obj, str) and _OPEN in obj):
+        return True
+    if isinstance(obj, dict):
+        return any(_holds_sym(k) or _holds_sym(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_sym(v) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return any(_holds_sym(getattr(obj, f)) for f in _fields(type(obj)))
+    return False
+
+
+def trace(build: Callable, B: int, S: int, *key) -> Callable:
+    """``build(B, S, *key)`` traced at the call ``(B, S)`` and compiled into a function of
+    ``(B, S)``: it returns the same structure with every number evaluated, or ``_MISS``
+    when the new numbers fail a guard.  Raises :class:`NotTraceable`."""
     t = _Trace()
-    B, S = t.var("B"), t.var("S")
-    result = build(B, S, *key)
-    em = _Emitter()
+    result = build(t.var("B", B), t.var("S", S), *key)
+    em = _Emitter(t)
     body = em.emit(result)
-    lines = ["def _compiled(B, S):"]
-    for name, code in zip(t.names[2:], t.defs[2:]):
-        lines.append(f"    {name} = {code}")
-    lines.append(f"    return {body}")
-    namespace = {"_new": tuple.__new__, **em.consts}
-    exec(compile("\n".join(lines), f"<memlib.symbolic {getattr(build, '__name__', 'build')}>", "exec"), namespace)
-    return namespace["_compiled"]
+    lines = ["def _compiled(B, S):", *(f"    {line}" for line in t.lines), f"    return {body}"]
+    namespace = {"_new": tuple.__new__, "_rebuild": _rebuild, "_MISS": _MISS, **em.consts}
+    source = "\n".join(lines)
+    exec(compile(source, f"<memlib.symbolic {getattr(build, '__name__', 'build')}>", "exec"), namespace)
+    fn = namespace["_compiled"]
+    fn.source = source                       # what was compiled, for a reader who wants to see it
+    return fn
 
 
-@lru_cache(maxsize=2048)
-def compiled(build: Callable, *key) -> Callable | None:
-    """The compiled form of ``build(B, S, *key)`` (:func:`trace`), made once per ``key``;
-    ``None`` when it cannot be traced (the caller then runs ``build`` with the numbers)."""
-    try:
-        return trace(build, *key)
-    except NotTraceable:
-        return None
+#: ``(build, key) -> [compiled variants]``, or ``None`` for a key that cannot be traced.
+_VARIANTS: dict = {}
+MAX_VARIANTS = 8          # traces kept per key (a guard that keeps failing: direct calls)
+MAX_KEYS = 4096
 
 
 def evaluate(build: Callable, B, S, *key):
-    """``build(B, S, *key)``: through its compiled form for Python-int ``B`` and ``S``, else directly
-    (numpy sweeps, or a build that cannot be traced).  ``key`` must be hashable."""
-    if type(B) is int and type(S) is int:
-        fn = compiled(build, *key)
-        if fn is not None:
-            return fn(B, S)
-    return build(B, S, *key)
+    """``build(B, S, *key)``: through a compiled variant for Python-int ``B`` and ``S``
+    (traced on first use, again when a guard fails, up to :data:`MAX_VARIANTS` per key),
+    else directly: numpy sweeps, unhashable knobs, a build that cannot be traced."""
+    if type(B) is not int or type(S) is not int:
+        return build(B, S, *key)
+    try:
+        variants = _VARIANTS.get((build, key), ())
+    except TypeError:                        # an unhashable knob
+        return build(B, S, *key)
+    if variants is None:
+        return build(B, S, *key)
+    for fn in variants:
+        try:
+            out = fn(B, S)
+        except ArithmeticError:              # e.g. a division a failed guard would have prevented
+            continue
+        if out is not _MISS:
+            return out
+    if len(variants) >= MAX_VARIANTS:
+        return build(B, S, *key)
+    try:
+        fn = trace(build, B, S, *key)
+    except (TypeError, ValueError):          # NotTraceable, or a check that cannot take a traced value
+        out = build(B, S, *key)              # (an error of the inputs themselves is raised here)
+        if len(_VARIANTS) >= MAX_KEYS:
+            _VARIANTS.clear()
+        _VARIANTS[(build, key)] = None
+        return out
+    if len(_VARIANTS) >= MAX_KEYS:
+        _VARIANTS.clear()
+    _VARIANTS[(build, key)] = [*variants, fn]
+    return fn(B, S)
+
+
+def compiled(build: Callable, B: int, S: int, *key) -> Callable | None:
+    """The variant :func:`evaluate` uses for ``build(B, S, *key)`` (tracing it if needed), or
+    ``None`` when the key cannot be traced; for tests and benchmarks."""
+    evaluate(build, B, S, *key)
+    for fn in _VARIANTS.get((build, key)) or ():
+        if fn(B, S) is not _MISS:
+            return fn
+    return None

@@ -49,7 +49,7 @@ from .params import (attention_params, count_params, layer_params, mlp_params, n
                      total_params)
 from .scenario import DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS, PHASES, Scenario, attention_used, check_seq_len
 from .spec import ModelSpec, load_spec
-from .symbolic import evaluate, larger
+from .symbolic import evaluate, exact_int, larger
 from .validation import choice, exact_sweeps, positive_int
 
 #: The components of a training step, bottom to top, and their kinds.
@@ -468,11 +468,11 @@ def summarize(marks, title: str, meta: dict) -> Breakdown:
         peak = marks[best]
 
         def comps(mk):
-            return {k: int(v) for k, v in zip(COMPONENTS, mk[2:8]) if v or k in ("weights", "optimizer")}
+            return {k: exact_int(v) for k, v in zip(COMPONENTS, mk[2:8]) if v or k in ("weights", "optimizer")}
         phase_components = {ph: comps(marks[best_of[ph]]) for ph in PHASES if ph in best_of}
         components = phase_components[peak.phase]          # the peak is its phase's largest mark
         return Breakdown(components, title=title, kinds={k: KINDS[k] for k in components},
-                         phases={ph: int(totals[best_of[ph]][2]) for ph in PHASES if ph in best_of},
+                         phases={ph: exact_int(totals[best_of[ph]][2]) for ph in PHASES if ph in best_of},
                          phase_components=phase_components,
                          peak_phase=peak.phase, peak_at=peak.label, meta=meta)
     # vectorised: the peak and its phase per grid point
@@ -654,16 +654,25 @@ def step_inputs(spec: ModelSpec, sc: Scenario, stage: Stage | None = None) -> St
     return inputs
 
 
-def _step_marks(batch_size, seq_len, spec, precision, optimizer, recompute, attention, grad_accum, stage,
-                _bench_cpu, optimizer_impl):
-    """``(marks, activations saved at the end of the forward, optimizer state, autocast cache)``
-    of a validated full fine-tuning step; :func:`train_memory` evaluates it through its
-    compiled form (:mod:`memlib.symbolic`)."""
+def train_result(batch_size, seq_len, spec: ModelSpec, precision: str = "bf16", optimizer: str = "adamw",
+                 recompute: str = "none", attention: str = "sdpa", grad_accum: int = 1, stage: Stage | None = None,
+                 _bench_cpu: bool = False, optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL,
+                 runtime: str = "transformers") -> Breakdown:
+    """:func:`train_memory` for checked knobs (chapter 04); :func:`train_memory` evaluates it
+    through :mod:`memlib.symbolic`, compiled once per model and knobs."""
     sc = Scenario(batch_size, seq_len, precision, attention, recompute, optimizer, optimizer_impl,
                   _bench_cpu=_bench_cpu)
     inputs = step_inputs(spec, sc, stage)
     marks, saved = step_timeline(spec, sc, inputs, recompute, grad_accum)
-    return marks, saved, inputs.optimizer, inputs.autocast_cache
+    meta = {"model": spec.name, "precision": precision, "optimizer": optimizer, "optimizer_impl": optimizer_impl,
+            "recompute": recompute,
+            "attention": attention_used(spec, attention), "grad_accum": grad_accum, "runtime": runtime,
+            "batch_size": batch_size, "seq_len": seq_len, "activations_saved": saved,
+            "autocast_cache": inputs.autocast_cache, "optimizer_state": inputs.optimizer,
+            "params": total_params(spec)}
+    title = (f"{spec.name} train step, b={batch_size} s={seq_len} {precision} {optimizer} "
+             f"({optimizer_impl}) recompute={recompute}")
+    return summarize(marks, title, meta)
 
 
 @exact_sweeps("batch_size", "seq_len")
@@ -700,17 +709,8 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     Scenario(1, 1, precision, attention, recompute, optimizer, optimizer_impl)      # checks the knobs
     if stage is not None:
         stage.check(spec)
-    marks, saved, opt_state, cache = evaluate(_step_marks, batch_size, seq_len, spec, precision, optimizer,
-                                              recompute, attention, grad_accum, stage, _bench_cpu, optimizer_impl)
-    meta = {"model": spec.name, "precision": precision, "optimizer": optimizer, "optimizer_impl": optimizer_impl,
-            "recompute": recompute,
-            "attention": attention_used(spec, attention), "grad_accum": grad_accum, "runtime": runtime,
-            "batch_size": batch_size, "seq_len": seq_len, "activations_saved": saved,
-            "autocast_cache": cache, "optimizer_state": opt_state,
-            "params": total_params(spec)}
-    title = (f"{spec.name} train step, b={batch_size} s={seq_len} {precision} {optimizer} "
-             f"({optimizer_impl}) recompute={recompute}")
-    return summarize(marks, title, meta)
+    return evaluate(train_result, batch_size, seq_len, spec, precision, optimizer, recompute, attention,
+                    grad_accum, stage, _bench_cpu, optimizer_impl, runtime)
 
 
 def mlp_backward_extra(spec: ModelSpec, sc: Scenario, moe: bool):

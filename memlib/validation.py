@@ -7,6 +7,8 @@ import numbers
 
 import numpy as np
 
+from .symbolic import is_traced
+
 #: The largest byte count an int64 numpy array holds exactly.
 INT64_MAX = 2**63 - 1
 
@@ -18,6 +20,10 @@ def positive_int(field: str, value, minimum: int = 1):
     boolean or non-numeric values are all rejected.
     """
     if type(value) is int and value >= minimum:   # the common case, checked first: it is fast
+        return value
+    if is_traced(value):                          # an estimate being compiled: the check is a guard
+        if value < minimum:
+            raise ValueError(f"{field}: must be >= {minimum}")
         return value
     if isinstance(value, np.ndarray):
         if value.size == 0:
