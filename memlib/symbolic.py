@@ -25,6 +25,7 @@ calling it again cheap.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Callable
 
@@ -151,6 +152,12 @@ class Sym:
     def __rfloordiv__(self, other):
         return self._derive("({}) // ({})", lambda a, b: a // b, other, reverse=True)
 
+    def __mod__(self, other):
+        return self._derive("({}) % ({})", lambda a, b: a % b, other)
+
+    def __rmod__(self, other):
+        return self._derive("({}) % ({})", lambda a, b: a % b, other, reverse=True)
+
     def _compare(self, other, op: str, test):
         """``int(self op other)``, as ``int((self - other) op 0)``: a constant where the sign of
         the difference is known for every ``B, S >= 1``, else a derived value."""
@@ -212,7 +219,7 @@ class Sym:
         raise NotTraceable("a traced value was used as a plain number (int(), a division)")
 
     __int__ = __index__ = __float__ = _refuse
-    __truediv__ = __rtruediv__ = __pow__ = __mod__ = __array__ = __abs__ = _refuse
+    __truediv__ = __rtruediv__ = __pow__ = __array__ = __abs__ = _refuse
 
     def __repr__(self):
         return f"Sym({self.code()} = {self.value})"
@@ -245,6 +252,25 @@ def larger(a, b):
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return np.maximum(a, b)
     return max(a, b)
+
+
+def memo(maxsize: int = 256):
+    """``functools.lru_cache`` for a function that may also be called while an estimate is
+    traced: a call with a traced (unhashable) argument runs the function itself."""
+    def decorate(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args):
+            try:
+                hash(args)
+            except TypeError:
+                return fn(*args)
+            return cached(*args)
+        wrapper.cache_info = cached.cache_info
+        wrapper.cache_clear = cached.cache_clear
+        return wrapper
+    return decorate
 
 
 def is_traced(v) -> bool:
@@ -285,9 +311,43 @@ def _fields(cls) -> tuple:
 
 
 class _Emitter:
-    def __init__(self, trace: _Trace):
+    def __init__(self, trace: _Trace, result, given: tuple = ()):
         self.trace = trace
+        self.given = {id(k) for k in given}     # the key's objects: every call is given the same ones
         self.consts: dict = {}
+        self.values: dict = {}           # code of a value -> the local it is computed once as
+        self.refs: dict = {}             # id of a container -> how often the result refers to it
+        self.built: dict = {}            # id of a container referred to more than once -> its local
+        self._count(result)
+
+    def _count(self, obj):
+        if isinstance(obj, (dict, list, tuple)) or (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+            n = self.refs.get(id(obj), 0)
+            self.refs[id(obj)] = n + 1
+            if n:
+                return
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    self._count(k)
+                    self._count(v)
+            elif isinstance(obj, (list, tuple)):
+                for v in obj:
+                    self._count(v)
+            else:
+                for f in _fields(type(obj)):
+                    self._count(getattr(obj, f))
+
+    def value(self, v: Sym) -> str:
+        """A traced value in the result: a sum of terms is computed once per call, however
+        often it appears (the same bytes at many moments of a timeline)."""
+        code = v.code()
+        if len(v.terms) < 2:
+            return f"({code})"
+        name = self.values.get(code)
+        if name is None:
+            name = self.values[code] = f"v{len(self.values)}"
+            self.trace.lines.append(f"{name} = {code}")
+        return name
 
     def const(self, obj) -> str:
         for name, v in self.consts.items():
@@ -298,8 +358,21 @@ class _Emitter:
         return name
 
     def emit(self, obj) -> str:
+        """Code that builds ``obj`` anew; an object the result refers to more than once is built
+        once, as in the traced result (the same object at both places)."""
+        name = self.built.get(id(obj))
+        if name is not None:
+            return name
+        code = self._emit(obj)
+        if self.refs.get(id(obj), 0) > 1:
+            name = self.built[id(obj)] = f"o{len(self.built)}"
+            self.trace.lines.append(f"{name} = {code}")
+            return name
+        return code
+
+    def _emit(self, obj) -> str:
         if isinstance(obj, Sym):
-            return f"({obj.code()})"
+            return self.value(obj)
         t = type(obj)
         if t is str and _OPEN in obj:
             return self.string(obj)
@@ -317,8 +390,8 @@ class _Emitter:
             return f"_new({self.const(t)}, (" + "".join(f"{self.emit(v)}, " for v in obj) + "))"
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             values = [getattr(obj, f) for f in _fields(t)]
-            if t.__dataclass_params__.frozen and not _holds_sym(values):
-                return self.const(obj)                          # a ModelSpec, a Stage: shared as is
+            if id(obj) in self.given or _immutable(obj):
+                return self.const(obj)                          # a ModelSpec, a Plan: shared as is
             return f"_rebuild({self.const(t)}, (" + "".join(f"{self.emit(v)}, " for v in values) + "))"
         raise NotTraceable(f"cannot rebuild a {t.__name__} in a compiled estimate")
 
@@ -338,15 +411,17 @@ class _Emitter:
         return "(" + " + ".join(p for p in pieces if p != "''") + ")"
 
 
-def _holds_sym(obj) -> bool:
-    if isinstance(obj, Sym) or (isinstance(obj, str) and _OPEN in obj):
+def _immutable(obj) -> bool:
+    """True for what every call may share: plain constants, and tuples and frozen dataclasses
+    of them (a ModelSpec, a Plan); not a dict, a list, or anything holding a traced value."""
+    if isinstance(obj, str):
+        return _OPEN not in obj
+    if type(obj) in (int, float, bool, type(None), frozenset):
         return True
-    if isinstance(obj, dict):
-        return any(_holds_sym(k) or _holds_sym(v) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return any(_holds_sym(v) for v in obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return any(_holds_sym(getattr(obj, f)) for f in _fields(type(obj)))
+    if isinstance(obj, tuple):
+        return all(_immutable(v) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and type(obj).__dataclass_params__.frozen:
+        return all(_immutable(getattr(obj, f)) for f in _fields(type(obj)))
     return False
 
 
@@ -356,7 +431,7 @@ def trace(build: Callable, B: int, S: int, *key) -> Callable:
     when the new numbers fail a guard.  Raises :class:`NotTraceable`."""
     t = _Trace()
     result = build(t.var("B", B), t.var("S", S), *key)
-    em = _Emitter(t)
+    em = _Emitter(t, result, key)
     body = em.emit(result)
     lines = ["def _compiled(B, S):", *(f"    {line}" for line in t.lines), f"    return {body}"]
     namespace = {"_new": tuple.__new__, "_rebuild": _rebuild, "_MISS": _MISS, **em.consts}
@@ -375,8 +450,9 @@ MAX_KEYS = 4096
 
 def evaluate(build: Callable, B, S, *key):
     """``build(B, S, *key)``: through a compiled variant for Python-int ``B`` and ``S``
-    (traced on first use, again when a guard fails, up to :data:`MAX_VARIANTS` per key),
-    else directly: numpy sweeps, unhashable knobs, a build that cannot be traced."""
+    (traced at the second call with a key, again when a guard fails, up to
+    :data:`MAX_VARIANTS` per key), else directly: a key's first call, numpy sweeps,
+    unhashable knobs, a build that cannot be traced."""
     if type(B) is not int or type(S) is not int:
         return build(B, S, *key)
     try:
@@ -393,6 +469,11 @@ def evaluate(build: Callable, B, S, *key):
         if out is not _MISS:
             return out
     if len(variants) >= MAX_VARIANTS:
+        return build(B, S, *key)
+    if (build, key) not in _VARIANTS:        # a first call runs directly: a key met once (a planner's
+        if len(_VARIANTS) >= MAX_KEYS:       # layouts) is not worth a trace; the second call traces
+            _VARIANTS.clear()
+        _VARIANTS[(build, key)] = []
         return build(B, S, *key)
     try:
         fn = trace(build, B, S, *key)
@@ -411,6 +492,7 @@ def evaluate(build: Callable, B, S, *key):
 def compiled(build: Callable, B: int, S: int, *key) -> Callable | None:
     """The variant :func:`evaluate` uses for ``build(B, S, *key)`` (tracing it if needed), or
     ``None`` when the key cannot be traced; for tests and benchmarks."""
+    evaluate(build, B, S, *key)
     evaluate(build, B, S, *key)
     for fn in _VARIANTS.get((build, key)) or ():
         if fn(B, S) is not _MISS:

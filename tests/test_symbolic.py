@@ -54,7 +54,9 @@ def test_a_failed_guard_traces_a_new_variant():
     fn = trace(_toy, 3, 5001, 64)
     assert fn(1, 100) is symbolic._MISS                 # S > 4096 no longer holds
     symbolic._VARIANTS.pop((_toy, (64,)), None)
-    assert evaluate(_toy, 3, 5001, 64)["branch"] == "long"
+    assert evaluate(_toy, 3, 5001, 64)["branch"] == "long"     # a key's first call runs directly ...
+    assert symbolic._VARIANTS[(_toy, (64,))] == []
+    assert evaluate(_toy, 3, 5001, 64)["branch"] == "long"     # ... its second is traced
     short = evaluate(_toy, 1, 100, 64)
     assert short["branch"] == "short" and short["window_mask"] == 0 and short["bigger"] == 3
     assert short["floored"] == 5000 and short["title"] == "b=1 s=100 T=100"

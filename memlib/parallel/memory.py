@@ -26,6 +26,7 @@ from functools import lru_cache
 from ..breakdown import Breakdown
 from ..scenario import DEFAULT_OPTIMIZER_IMPL
 from ..spec import load_spec
+from ..symbolic import evaluate, exact_int
 from .plan import Plan
 from .rank import BenchSettings, rank_memory
 from .state import rank_tensors
@@ -62,6 +63,14 @@ def parallel_train_memory(model, batch_size, seq_len, precision: str = "bf16", o
     """
     spec = load_spec(model)
     plan = make_plan(plan, **plan_fields).check(spec)
+    return evaluate(_parallel_result, batch_size, seq_len, spec, plan, precision, optimizer, recompute, attention,
+                    optimizer_impl, grad_accum, _bench)
+
+
+def _parallel_result(batch_size, seq_len, spec, plan: Plan, precision, optimizer, recompute, attention, optimizer_impl,
+                     grad_accum, _bench) -> Breakdown:
+    """:func:`parallel_train_memory` for a checked plan (evaluated through :mod:`memlib.symbolic`:
+    compiled once per model, plan and knobs)."""
     kw = dict(precision=precision, optimizer=optimizer, recompute=recompute, attention=attention,
               optimizer_impl=optimizer_impl, grad_accum=grad_accum, _bench=_bench)
     main = rank_memory(spec, batch_size, seq_len, plan, stage=0, **kw)
@@ -74,7 +83,7 @@ def parallel_train_memory(model, batch_size, seq_len, precision: str = "bf16", o
             children = [main, rank_memory(spec, batch_size, seq_len, plan, rank=heavy, **kw)]
     meta = dict(main.meta)
     meta["global_batch"] = batch_size * plan.microbatches * grad_accum * plan.dp
-    meta["max_peak"] = max([int(main.total)] + [int(c.total) for c in children])
+    meta["max_peak"] = max([exact_int(main.total)] + [exact_int(c.total) for c in children])
     return Breakdown(main.components, title=main.title, kinds=main.kinds, phases=main.phases,
                      peak_phase=main.peak_phase, peak_at=main.peak_at, phase_components=main.phase_components,
                      children=tuple(children), label=main.label, meta=meta)

@@ -33,6 +33,7 @@ from ..activations import model_tensors, total_bytes
 from ..breakdown import Breakdown
 from ..scenario import DEFAULT_OPTIMIZER_IMPL, attention_used, check_seq_len
 from ..spec import ModelSpec, load_spec
+from ..symbolic import memo
 from ..training import Stage, StepInputs, kept_per_layer, mlp_backward_extra, prepare_step, step_timeline
 from ..validation import choice, positive_int
 from .activations import sp_model_records, tp_records
@@ -243,7 +244,7 @@ def _units(spec: ModelSpec, tp: int, ep: int, dp: int, pp: int, stage: int, c: i
     return fsdp_units(per, root, spec.moe_layers, first, end, c, reduce_bytes, grad_bytes, resharded)
 
 
-@lru_cache(maxsize=256)
+@memo(maxsize=256)
 def _prepared(spec: ModelSpec, batch_size: int, seq_len: int, precision: str, optimizer: str, recompute: str,
               attention: str, grad_accum: int, stage, bench_cpu: bool, optimizer_impl: str):
     """Chapter 04's :func:`memlib.training.prepare_step` for one micro-batch of a rank (cached;
@@ -252,7 +253,7 @@ def _prepared(spec: ModelSpec, batch_size: int, seq_len: int, precision: str, op
                         bench_cpu, optimizer_impl)
 
 
-@lru_cache(maxsize=256)
+@memo(maxsize=256)
 def _records(spec: ModelSpec, sc, tp: int, sp: bool):
     """``(layers, model_level, flowing, mlp_extra)``: one rank's saved records per layer kind,
     those outside the layers, the gradient passed between layers and the MLP's backward

@@ -20,6 +20,7 @@ from __future__ import annotations
 from ..scenario import ATTENTIONS, DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS, RECOMPUTE
 from ..scenario import check_seq_len
 from ..spec import load_spec
+from ..symbolic import evaluate
 from ..validation import choice, positive_int
 from .engine import ENGINE_WEIGHTS, ROLLOUTS, SLEEP_MODES, colocated_engine
 from .generate import hf_rollout, rollout_kv_dtype
@@ -119,13 +120,38 @@ def rl_memory(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 1
     if not rec.generates and (rollout != "hf" or prompt_len is not None):
         raise ValueError(f"rollout: {rec.name} trains on a fixed dataset and does not generate"
                          if rollout != "hf" else f"prompt_len: {rec.name} does not generate")
-    B = rec.sequences(b, G)
     K = S if logits_to_keep is None else positive_int("logits_to_keep", logits_to_keep)
     if K > S:
         raise ValueError(f"logits_to_keep: must be <= seq_len ({S}), got {K}")
     P = S // 4 if prompt_len is None else positive_int("prompt_len", prompt_len)
     if rec.generates and P >= S:
         raise ValueError(f"prompt_len: must be < seq_len ({S}), got {P}")
+    if reward_model == "auto":
+        reward_model = model if rec.reward else None
+    rspec = load_spec(reward_model) if reward_model is not None else None
+    cspec = load_spec(critic_model if critic_model is not None else model) if rec.critic else None
+    if critic_shares_base and cspec != spec:
+        raise ValueError("critic_shares_base: the critic must have the policy's architecture to share its base")
+    if rec.generates and rollout == "vllm":
+        positive_int("engine_tp", engine_tp)
+    if not isinstance(lora_targets, str):
+        lora_targets = tuple(lora_targets)
+    return evaluate(_rl_result, b, S, spec, rec, G, beta, precision, reference, ref_order, rspec, cspec, lora_rank,
+                    lora_targets, critic_shares_base, logprob, logits_to_keep, prompt_len, optimizer, optimizer_impl,
+                    recompute, attention, rollout, gpu, gpu_memory_utilization, engine_weights, sleep, vllm_version,
+                    engine_tp, _bench_cpu)
+
+
+def _rl_result(b, S, spec, rec, G, beta, precision, reference, ref_order, rspec, cspec, lora_rank, lora_targets,
+               critic_shares_base, logprob, logits_to_keep, prompt_len, optimizer, optimizer_impl, recompute,
+               attention, rollout, gpu, gpu_memory_utilization, engine_weights, sleep, vllm_version, engine_tp,
+               _bench_cpu):
+    """:func:`rl_memory` for checked knobs (evaluated through :mod:`memlib.symbolic`:
+    compiled once per model and knobs)."""
+    lora = lora_rank is not None
+    B = rec.sequences(b, G)
+    K = S if logits_to_keep is None else logits_to_keep
+    P = S // 4 if prompt_len is None else prompt_len
     knobs = dict(optimizer=optimizer, optimizer_impl=optimizer_impl, recompute=recompute, attention=attention,
                  lora_targets=lora_targets, _bench_cpu=_bench_cpu)
 
@@ -134,14 +160,9 @@ def rl_memory(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 1
     with_ref = needs_reference(rec, beta, reference)
     if with_ref:
         roles["reference"] = Role("reference", spec, "lm", shares_base="policy" if lora else None)
-    if reward_model == "auto":
-        reward_model = model if rec.reward else None
-    if reward_model is not None:
-        roles["reward"] = Role("reward", load_spec(reward_model), "value")
+    if rspec is not None:
+        roles["reward"] = Role("reward", rspec, "value")
     if rec.critic:
-        cspec = load_spec(critic_model if critic_model is not None else model)
-        if critic_shares_base and cspec != spec:
-            raise ValueError("critic_shares_base: the critic must have the policy's architecture to share its base")
         roles["critic"] = Role("critic", cspec, "value", True, precision, lora_rank,
                                shares_base="policy" if critic_shares_base else None)
 
@@ -194,7 +215,7 @@ def rl_memory(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 1
                         for label, parts in hf_rollout(spec, B, P, S - P, gen_precision, attention)]
         elif rollout == "vllm":
             engine = colocated_engine(spec, B, S, gpu, gpu_memory_utilization, engine_weights, sleep, vllm_version,
-                                      tp=positive_int("engine_tp", engine_tp))
+                                      tp=engine_tp)
             generate = [("vLLM engine generating", {"rollout": engine["generate"]})]
         else:
             generate = [("waiting for the rollout GPUs", {})]
