@@ -616,7 +616,7 @@ def activation_breakdown(model, batch_size, seq_len, precision: str = "bf16", at
     batch_size = positive_int("batch_size", batch_size)
     choice("recompute", recompute, RECOMPUTE)
     Scenario(1, 1, precision, attention, recompute)      # checks the knobs
-    return evaluate(_activation_result, batch_size, seq_len, spec, precision, attention, recompute)
+    return evaluate(_activation_result, (batch_size, seq_len), spec, precision, attention, recompute)
 
 
 def _activation_result(batch_size, seq_len, spec: ModelSpec, precision: str, attention: str, recompute: str):

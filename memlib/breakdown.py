@@ -23,7 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .symbolic import exact_int
+from .symbolic import to_int
 from .units import GB, GiB, fmt_bytes
 
 #: The kinds of memory a component can be.
@@ -34,7 +34,7 @@ _KIND_SET = frozenset(KINDS)
 def _as_bytes(v):
     if isinstance(v, np.ndarray):
         return v.astype(np.int64)
-    return exact_int(v)
+    return to_int(v)
 
 
 def _sum(values):

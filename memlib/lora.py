@@ -289,7 +289,7 @@ def lora_memory(model, batch_size, seq_len, rank: int = 16, targets="all-linear"
         model, batch_size, seq_len, rank, targets, base, adapter_dtype, optimizer, lora_dropout)
     Scenario(1, 1, "bf16", attention, recompute, optimizer, optimizer_impl)      # checks the knobs
     grad_accum = positive_int("grad_accum", grad_accum)
-    return evaluate(_lora_result, batch_size, seq_len, spec, rank, targeted, base, double_quant, adapter_dtype,
+    return evaluate(_lora_result, (batch_size, seq_len), spec, rank, targeted, base, double_quant, adapter_dtype,
                     optimizer, recompute, attention, lora_dropout, optimizer_impl, autocast, grad_accum)
 
 

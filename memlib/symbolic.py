@@ -49,6 +49,7 @@ class _Trace:
     """The variables of one trace: ``B``, ``S``, the derived values and the guards, in order."""
 
     def __init__(self):
+        self.base = 0                       # how many variables are inputs (the rest are derived)
         self.names: list[str] = []
         self.lines: list[str] = []          # derived values and guard checks, in the order made
         self.monomials: dict = {}           # a product of variables -> the name it is computed once as
@@ -58,6 +59,8 @@ class _Trace:
         self.names.append(name)
         if code is not None:
             self.lines.append(f"{name} = {code}")
+        else:
+            self.base += 1
         return Sym(self, {((len(self.names) - 1, 1),): 1}, value)
 
     def derived(self, code: str, value: int) -> "Sym":
@@ -106,26 +109,58 @@ class Sym:
             raise NotTraceable(f"cannot trace an operation with {type(other).__name__}")
         return Sym(self.trace, {(): c}, c)
 
+    # -- floats: every operation is kept as written (float arithmetic is not exact) -------------
+    def _is_float(self, other=None) -> bool:
+        return type(self.value) is float or type(other) is float or (
+            isinstance(other, Sym) and type(other.value) is float)
+
+    def _float_op(self, op: str, other, reverse: bool = False) -> "Sym":
+        """``self op other`` (``other op self`` when ``reverse``) computed as written."""
+        if isinstance(other, Sym):
+            b, bv = other.code(), other.value
+        elif type(other) is float and other == other and abs(other) != float("inf"):
+            b, bv = repr(other), other
+        else:
+            o = self._lift(other)
+            b, bv = o.code(), o.value
+        a, av = self.code(), self.value
+        if reverse:
+            a, b, av, bv = b, a, bv, av
+        return self.trace.derived(f"({a}) {op} ({b})", _OPS[op](av, bv))
+
     # -- the ring: +, -, * --------------------------------------------------------------
     def __add__(self, other):
+        if self._is_float(other):
+            return self._float_op("+", other)
         o = self._lift(other)
         terms = dict(self.terms)
         for m, c in o.terms.items():
             terms[m] = terms.get(m, 0) + c
         return Sym(self.trace, terms, self.value + o.value)
 
-    __radd__ = __add__
+    def __radd__(self, other):
+        if self._is_float(other):
+            return self._float_op("+", other, reverse=True)
+        return self + other
 
     def __neg__(self):
+        if self._is_float():
+            return self.trace.derived(f"-({self.code()})", -self.value)
         return Sym(self.trace, {m: -c for m, c in self.terms.items()}, -self.value)
 
     def __sub__(self, other):
+        if self._is_float(other):
+            return self._float_op("-", other)
         return self + (-self._lift(other))
 
     def __rsub__(self, other):
+        if self._is_float(other):
+            return self._float_op("-", other, reverse=True)
         return self._lift(other) + (-self)
 
     def __mul__(self, other):
+        if self._is_float(other):
+            return self._float_op("*", other)
         o = self._lift(other)
         terms: dict = {}
         for m1, c1 in self.terms.items():
@@ -134,7 +169,16 @@ class Sym:
                 terms[m] = terms.get(m, 0) + c1 * c2
         return Sym(self.trace, terms, self.value * o.value)
 
-    __rmul__ = __mul__
+    def __rmul__(self, other):
+        if self._is_float(other):
+            return self._float_op("*", other, reverse=True)
+        return self * other
+
+    def __truediv__(self, other):
+        return self._float_op("/", other)
+
+    def __rtruediv__(self, other):
+        return self._float_op("/", other, reverse=True)
 
     # -- what is not a polynomial: derived values ---------------------------------------------
     def _derive(self, template: str, op, other, reverse: bool = False):
@@ -144,12 +188,16 @@ class Sym:
         return self.trace.derived(template.format(a.code(), b.code()), op(a.value, b.value))
 
     def __floordiv__(self, other):
+        if self._is_float(other):
+            return self._float_op("//", other)
         d = _const(other)
         if d and all(c % d == 0 for c in self.terms.values()):     # exact: divide the coefficients
             return Sym(self.trace, {m: c // d for m, c in self.terms.items()}, self.value // d)
         return self._derive("({}) // ({})", lambda a, b: a // b, other)
 
     def __rfloordiv__(self, other):
+        if self._is_float(other):
+            return self._float_op("//", other, reverse=True)
         return self._derive("({}) // ({})", lambda a, b: a // b, other, reverse=True)
 
     def __mod__(self, other):
@@ -159,14 +207,16 @@ class Sym:
         return self._derive("({}) % ({})", lambda a, b: a % b, other, reverse=True)
 
     def _compare(self, other, op: str, test):
-        """``int(self op other)``, as ``int((self - other) op 0)``: a constant where the sign of
-        the difference is known for every ``B, S >= 1``, else a derived value."""
+        """``self op other``, as ``(self - other) op 0``: a plain bool where the sign of the
+        difference is known for every input ``>= 1``, else a derived bool (floats are compared
+        as they are: their difference is rounded)."""
+        if self._is_float(other):
+            return self._float_op(op, other)
         diff = self - self._lift(other)
         sign = diff._sign()
         if sign is not None:
-            c = int(test(sign, 0))
-            return Sym(self.trace, {(): c}, c)
-        return self.trace.derived(f"int(({diff.code()}) {op} 0)", int(test(diff.value, 0)))
+            return test(sign, 0)
+        return self.trace.derived(f"({diff.code()}) {op} 0", test(diff.value, 0))
 
     def __ge__(self, other):
         return self._compare(other, ">=", lambda a, b: a >= b)
@@ -187,11 +237,11 @@ class Sym:
         return self._compare(other, "!=", lambda a, b: a != b)
 
     def _sign(self):
-        """1, 0 or -1 where the sign holds for every ``B, S >= 1`` (a polynomial in ``B`` and
-        ``S`` alone whose coefficients all have one sign), else ``None``."""
+        """1, 0 or -1 where the sign holds for every input ``>= 1`` (a polynomial in the inputs
+        alone whose coefficients all have one sign), else ``None``."""
         if not self.terms:
             return 0
-        if any(v > 1 for m in self.terms for v, _ in m):      # a derived value: any sign
+        if any(v >= self.trace.base for m in self.terms for v, _ in m):      # a derived value: any sign
             return None
         if all(c > 0 for c in self.terms.values()):
             return 1
@@ -202,7 +252,7 @@ class Sym:
     # -- a decision: taken with the traced call's value, kept as a guard -----------------------
     def __bool__(self):
         outcome = bool(self.value)
-        if self._sign() is None:                 # else the same for every B, S >= 1: no guard
+        if self._sign() is None:                 # else the same for every input >= 1: no guard
             self.trace.guard(self.code(), outcome)
         return outcome
 
@@ -219,7 +269,7 @@ class Sym:
         raise NotTraceable("a traced value was used as a plain number (int(), a division)")
 
     __int__ = __index__ = __float__ = _refuse
-    __truediv__ = __rtruediv__ = __pow__ = __array__ = __abs__ = _refuse
+    __pow__ = __array__ = __abs__ = _refuse
 
     def __repr__(self):
         return f"Sym({self.code()} = {self.value})"
@@ -244,9 +294,11 @@ def larger(a, b):
     guard: the larger one is computed at every call (chapter 08)."""
     if isinstance(a, Sym) or isinstance(b, Sym):
         s = a if isinstance(a, Sym) else b
+        if s._is_float(a) or s._is_float(b):
+            raise NotTraceable("larger() is for byte counts, not floats")
         a, b = s._lift(a), s._lift(b)
         sign = (a - b)._sign()
-        if sign is not None:                     # the same one for every B, S >= 1
+        if sign is not None:                     # the same one for every input >= 1
             return a if sign >= 0 else b
         return s.trace.derived(f"max({a.code()}, {b.code()})", max(a.value, b.value))
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
@@ -278,15 +330,29 @@ def is_traced(v) -> bool:
     return isinstance(v, Sym)
 
 
-def exact_int(v):
-    """``int(v)`` that keeps a traced value as it is (it stands for a Python int)."""
-    return v if type(v) is int or isinstance(v, Sym) else int(v)
+def to_int(v):
+    """``int(v)``, which keeps a traced value traced (``int()`` itself must return a number)."""
+    if type(v) is int:
+        return v
+    if isinstance(v, Sym):
+        return v if type(v.value) is int else v.trace.derived(f"int({v.code()})", int(v.value))
+    return int(v)
+
+
+def to_float(v):
+    """``float(v)``, which keeps a traced value traced."""
+    if isinstance(v, Sym):
+        return v.trace.derived(f"float({v.code()})", float(v.value))
+    return float(v)
 
 
 # ------------------------------------------------------------------------------------------
 # from a traced result to a function of (B, S)
 
 _MISS = object()          # what a compiled function returns when a guard fails
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b,
+        "//": lambda a, b: a // b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b,
+        "<=": lambda a, b: a <= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
 _OPEN, _CLOSE = "\ue000", "\ue001"     # around a formatted value's number in a traced string (private use)
 _PLACEHOLDER = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
 
@@ -425,15 +491,18 @@ def _immutable(obj) -> bool:
     return False
 
 
-def trace(build: Callable, B: int, S: int, *key) -> Callable:
-    """``build(B, S, *key)`` traced at the call ``(B, S)`` and compiled into a function of
-    ``(B, S)``: it returns the same structure with every number evaluated, or ``_MISS``
-    when the new numbers fail a guard.  Raises :class:`NotTraceable`."""
+def trace(build: Callable, values: tuple, *key) -> Callable:
+    """``build(*values, *key)`` traced at ``values`` (positive Python ints, the call's varying
+    inputs) and compiled into a function of those inputs: it returns the same structure with
+    every number evaluated, or ``_MISS`` when new inputs fail a guard.  Raises
+    :class:`NotTraceable`."""
+    import inspect
+    names = [p for p in inspect.signature(build).parameters][:len(values)]
     t = _Trace()
-    result = build(t.var("B", B), t.var("S", S), *key)
+    result = build(*(t.var(n, v) for n, v in zip(names, values)), *key)
     em = _Emitter(t, result, key)
     body = em.emit(result)
-    lines = ["def _compiled(B, S):", *(f"    {line}" for line in t.lines), f"    return {body}"]
+    lines = [f"def _compiled({', '.join(names)}):", *(f"    {line}" for line in t.lines), f"    return {body}"]
     namespace = {"_new": tuple.__new__, "_rebuild": _rebuild, "_MISS": _MISS, **em.consts}
     source = "\n".join(lines)
     exec(compile(source, f"<memlib.symbolic {getattr(build, '__name__', 'build')}>", "exec"), namespace)
@@ -448,37 +517,39 @@ MAX_VARIANTS = 8          # traces kept per key (a guard that keeps failing: dir
 MAX_KEYS = 4096
 
 
-def evaluate(build: Callable, B, S, *key):
-    """``build(B, S, *key)``: through a compiled variant for Python-int ``B`` and ``S``
-    (traced at the second call with a key, again when a guard fails, up to
-    :data:`MAX_VARIANTS` per key), else directly: a key's first call, numpy sweeps,
-    unhashable knobs, a build that cannot be traced."""
-    if type(B) is not int or type(S) is not int:
-        return build(B, S, *key)
+def evaluate(build: Callable, values: tuple, *key):
+    """``build(*values, *key)``, where ``values`` are the inputs a reader varies (batch size and
+    sequence length, say; positive integers, already checked) and ``key`` the rest (hashable):
+    through a compiled variant when every value is a Python int (traced at the second call
+    with a key, again when a guard fails, up to :data:`MAX_VARIANTS` per key), else directly:
+    a key's first call, numpy sweeps, unhashable knobs, a build that cannot be traced."""
+    for v in values:
+        if type(v) is not int:
+            return build(*values, *key)
     try:
         variants = _VARIANTS.get((build, key), ())
     except TypeError:                        # an unhashable knob
-        return build(B, S, *key)
+        return build(*values, *key)
     if variants is None:
-        return build(B, S, *key)
+        return build(*values, *key)
     for fn in variants:
         try:
-            out = fn(B, S)
+            out = fn(*values)
         except ArithmeticError:              # e.g. a division a failed guard would have prevented
             continue
         if out is not _MISS:
             return out
     if len(variants) >= MAX_VARIANTS:
-        return build(B, S, *key)
+        return build(*values, *key)
     if (build, key) not in _VARIANTS:        # a first call runs directly: a key met once (a planner's
         if len(_VARIANTS) >= MAX_KEYS:       # layouts) is not worth a trace; the second call traces
             _VARIANTS.clear()
         _VARIANTS[(build, key)] = []
-        return build(B, S, *key)
+        return build(*values, *key)
     try:
-        fn = trace(build, B, S, *key)
+        fn = trace(build, values, *key)
     except (TypeError, ValueError):          # NotTraceable, or a check that cannot take a traced value
-        out = build(B, S, *key)              # (an error of the inputs themselves is raised here)
+        out = build(*values, *key)           # (an error of the inputs themselves is raised here)
         if len(_VARIANTS) >= MAX_KEYS:
             _VARIANTS.clear()
         _VARIANTS[(build, key)] = None
@@ -486,15 +557,15 @@ def evaluate(build: Callable, B, S, *key):
     if len(_VARIANTS) >= MAX_KEYS:
         _VARIANTS.clear()
     _VARIANTS[(build, key)] = [*variants, fn]
-    return fn(B, S)
+    return fn(*values)
 
 
-def compiled(build: Callable, B: int, S: int, *key) -> Callable | None:
-    """The variant :func:`evaluate` uses for ``build(B, S, *key)`` (tracing it if needed), or
+def compiled(build: Callable, values: tuple, *key) -> Callable | None:
+    """The variant :func:`evaluate` uses for ``build(*values, *key)`` (tracing it if needed), or
     ``None`` when the key cannot be traced; for tests and benchmarks."""
-    evaluate(build, B, S, *key)
-    evaluate(build, B, S, *key)
+    evaluate(build, values, *key)
+    evaluate(build, values, *key)
     for fn in _VARIANTS.get((build, key)) or ():
-        if fn(B, S) is not _MISS:
+        if fn(*values) is not _MISS:
             return fn
     return None

@@ -49,7 +49,7 @@ from .params import (attention_params, count_params, layer_params, mlp_params, n
                      total_params)
 from .scenario import DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS, PHASES, Scenario, attention_used, check_seq_len
 from .spec import ModelSpec, load_spec
-from .symbolic import evaluate, exact_int, larger
+from .symbolic import evaluate, to_int, larger
 from .validation import choice, exact_sweeps, positive_int
 
 #: The components of a training step, bottom to top, and their kinds.
@@ -468,11 +468,11 @@ def summarize(marks, title: str, meta: dict) -> Breakdown:
         peak = marks[best]
 
         def comps(mk):
-            return {k: exact_int(v) for k, v in zip(COMPONENTS, mk[2:8]) if v or k in ("weights", "optimizer")}
+            return {k: to_int(v) for k, v in zip(COMPONENTS, mk[2:8]) if v or k in ("weights", "optimizer")}
         phase_components = {ph: comps(marks[best_of[ph]]) for ph in PHASES if ph in best_of}
         components = phase_components[peak.phase]          # the peak is its phase's largest mark
         return Breakdown(components, title=title, kinds={k: KINDS[k] for k in components},
-                         phases={ph: exact_int(totals[best_of[ph]][2]) for ph in PHASES if ph in best_of},
+                         phases={ph: to_int(totals[best_of[ph]][2]) for ph in PHASES if ph in best_of},
                          phase_components=phase_components,
                          peak_phase=peak.phase, peak_at=peak.label, meta=meta)
     # vectorised: the peak and its phase per grid point
@@ -709,7 +709,7 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     Scenario(1, 1, precision, attention, recompute, optimizer, optimizer_impl)      # checks the knobs
     if stage is not None:
         stage.check(spec)
-    return evaluate(train_result, batch_size, seq_len, spec, precision, optimizer, recompute, attention,
+    return evaluate(train_result, (batch_size, seq_len), spec, precision, optimizer, recompute, attention,
                     grad_accum, stage, _bench_cpu, optimizer_impl, runtime)
 
 

@@ -136,7 +136,7 @@ def rl_memory(model, recipe: str = "grpo", batch_size: int = 1, seq_len: int = 1
         positive_int("engine_tp", engine_tp)
     if not isinstance(lora_targets, str):
         lora_targets = tuple(lora_targets)
-    return evaluate(_rl_result, b, S, spec, rec, G, beta, precision, reference, ref_order, rspec, cspec, lora_rank,
+    return evaluate(_rl_result, (b, S), spec, rec, G, beta, precision, reference, ref_order, rspec, cspec, lora_rank,
                     lora_targets, critic_shares_base, logprob, logits_to_keep, prompt_len, optimizer, optimizer_impl,
                     recompute, attention, rollout, gpu, gpu_memory_utilization, engine_weights, sleep, vllm_version,
                     engine_tp, _bench_cpu)
