@@ -15,6 +15,7 @@ from .breakdown import Breakdown
 from .kv_cache import kv_cache
 from .scenario import Scenario, attention_used, check_seq_len
 from .spec import load_spec
+from .symbolic import evaluate, is_traced, to_int
 from .units import canonical_dtype, dtype_bytes
 from .validation import exact_sweeps, positive_int
 from .params import total_params
@@ -37,13 +38,20 @@ def inference_memory(model, batch_size, seq_len, dtype: str = "bf16", kv_dtype: 
     batch_size = positive_int("batch_size", batch_size)
     dtype = canonical_dtype(dtype, "dtype", allowed=("fp32", "fp16", "bf16"))
     kv_dtype = dtype if kv_dtype is None else kv_dtype
+    Scenario(1, 1, "bf16", attention, runtime=runtime)       # checks the knobs
+    return evaluate(_inference_result, (batch_size, seq_len), spec, dtype, kv_dtype, attention, runtime)
+
+
+def _inference_result(batch_size, seq_len, spec, dtype, kv_dtype, attention, runtime) -> Breakdown:
+    """:func:`inference_memory` for checked knobs (evaluated through :mod:`memlib.symbolic`)."""
     sc = Scenario(batch_size, seq_len, "bf16", attention, runtime=runtime)
     weights = total_params(spec) * int(dtype_bytes(dtype))       # = weight_memory(spec, dtype).total
     kv = kv_cache(spec, seq_len, batch_size, kv_dtype, runtime=runtime).total
     cands = prefill_transients(spec, sc, int(dtype_bytes(dtype)))
-    if np.ndim(kv) == 0:
+    scalar = is_traced(kv) or np.ndim(kv) == 0
+    if scalar:
         where = max(cands, key=cands.get)
-        transient = int(cands[where])
+        transient = to_int(cands[where])
     else:
         names = list(cands)
         stacked = np.stack([np.broadcast_to(cands[n], np.shape(kv)) for n in names])
@@ -54,5 +62,5 @@ def inference_memory(model, batch_size, seq_len, dtype: str = "bf16", kv_dtype: 
             "runtime": runtime}
     return Breakdown(comps, title=f"{spec.name} prefill, b={batch_size} s={seq_len} {dtype}",
                      kinds={"weights": "model_state", "kv_cache": "kv", "activations": "transient"},
-                     peak_at=where if np.ndim(kv) == 0 else None,
-                     meta=meta if np.ndim(kv) == 0 else {**meta, "peak_at": where})
+                     peak_at=where if scalar else None,
+                     meta=meta if scalar else {**meta, "peak_at": where})

@@ -54,6 +54,8 @@ class _Trace:
         self.lines: list[str] = []          # derived values and guard checks, in the order made
         self.monomials: dict = {}           # a product of variables -> the name it is computed once as
         self.formatted: list = []           # (value, format spec) of each value formatted into a string
+        self.by_code: dict = {}             # code of a derived value -> the value (made once)
+        self.guards: set = set()            # the guards already checked
 
     def var(self, name: str, value: int, code: str | None = None) -> "Sym":
         self.names.append(name)
@@ -64,10 +66,15 @@ class _Trace:
         return Sym(self, {((len(self.names) - 1, 1),): 1}, value)
 
     def derived(self, code: str, value: int) -> "Sym":
-        return self.var(f"d{len(self.names)}", value, code)
+        known = self.by_code.get(code)
+        if known is None:
+            known = self.by_code[code] = self.var(f"d{len(self.names)}", value, code)
+        return known
 
     def guard(self, code: str, outcome: bool):
-        self.lines.append(f"if {'not ' if outcome else ''}({code}): return _MISS")
+        if (code, outcome) not in self.guards:
+            self.guards.add((code, outcome))
+            self.lines.append(f"if {'not ' if outcome else ''}({code}): return _MISS")
 
     def monomial(self, m: tuple) -> str:
         """The name of the product ``m`` (``((var, power), ...)``), computed once per call."""
@@ -191,8 +198,10 @@ class Sym:
         if self._is_float(other):
             return self._float_op("//", other)
         d = _const(other)
-        if d and all(c % d == 0 for c in self.terms.values()):     # exact: divide the coefficients
-            return Sym(self.trace, {m: c // d for m, c in self.terms.items()}, self.value // d)
+        if d and all(c % d == 0 for m, c in self.terms.items() if m):
+            # (c0 + d·q) // d = q + c0 // d: exact for integers
+            terms = {m: c // d for m, c in self.terms.items()}
+            return Sym(self.trace, terms, self.value // d)
         return self._derive("({}) // ({})", lambda a, b: a // b, other)
 
     def __rfloordiv__(self, other):
@@ -201,6 +210,9 @@ class Sym:
         return self._derive("({}) // ({})", lambda a, b: a // b, other, reverse=True)
 
     def __mod__(self, other):
+        d = _const(other)
+        if not self._is_float(other) and d and all(c % d == 0 for m, c in self.terms.items() if m):
+            return self.terms.get((), 0) % d           # (c0 + d·q) % d = c0 % d
         return self._derive("({}) % ({})", lambda a, b: a % b, other)
 
     def __rmod__(self, other):
@@ -213,9 +225,9 @@ class Sym:
         if self._is_float(other):
             return self._float_op(op, other)
         diff = self - self._lift(other)
-        sign = diff._sign()
-        if sign is not None:
-            return test(sign, 0)
+        known = diff._decide(op)
+        if known is not None:
+            return known
         return self.trace.derived(f"({diff.code()}) {op} 0", test(diff.value, 0))
 
     def __ge__(self, other):
@@ -236,23 +248,39 @@ class Sym:
     def __ne__(self, other):
         return self._compare(other, "!=", lambda a, b: a != b)
 
-    def _sign(self):
-        """1, 0 or -1 where the sign holds for every input ``>= 1`` (a polynomial in the inputs
-        alone whose coefficients all have one sign), else ``None``."""
-        if not self.terms:
-            return 0
-        if any(v >= self.trace.base for m in self.terms for v, _ in m):      # a derived value: any sign
-            return None
-        if all(c > 0 for c in self.terms.values()):
-            return 1
-        if all(c < 0 for c in self.terms.values()):
-            return -1
-        return None
+    def _bounds(self):
+        """``(low, high)`` of the value over every input ``>= 1`` (``None``: no bound).  A
+        polynomial in the inputs alone whose non-constant coefficients are all ``>= 0`` is
+        smallest, and one whose are all ``<= 0`` largest, where every input is 1."""
+        if any(v >= self.trace.base for m in self.terms for v, _ in m):      # a derived value: any
+            return None, None
+        others = [c for m, c in self.terms.items() if m]
+        at_one = self.terms.get((), 0) + sum(others)
+        return (at_one if all(c >= 0 for c in others) else None,
+                at_one if all(c <= 0 for c in others) else None)
+
+    def _decide(self, op: str):
+        """``self op 0`` where it holds, or fails, for every input ``>= 1``; else ``None``."""
+        lo, hi = self._bounds()
+        pos, nonneg = lo is not None and lo > 0, lo is not None and lo >= 0
+        neg, nonpos = hi is not None and hi < 0, hi is not None and hi <= 0
+        if op == ">":
+            return True if pos else False if nonpos else None
+        if op == ">=":
+            return True if nonneg else False if neg else None
+        if op == "<":
+            return True if neg else False if nonneg else None
+        if op == "<=":
+            return True if nonpos else False if pos else None
+        zero = not self.terms
+        if op == "==":
+            return True if zero else False if (pos or neg) else None
+        return False if zero else True if (pos or neg) else None          # "!="
 
     # -- a decision: taken with the traced call's value, kept as a guard -----------------------
     def __bool__(self):
         outcome = bool(self.value)
-        if self._sign() is None:                 # else the same for every input >= 1: no guard
+        if self._decide("!=") is None:           # else the same for every input >= 1: no guard
             self.trace.guard(self.code(), outcome)
         return outcome
 
@@ -297,9 +325,10 @@ def larger(a, b):
         if s._is_float(a) or s._is_float(b):
             raise NotTraceable("larger() is for byte counts, not floats")
         a, b = s._lift(a), s._lift(b)
-        sign = (a - b)._sign()
-        if sign is not None:                     # the same one for every input >= 1
-            return a if sign >= 0 else b
+        if (a - b)._decide(">=") is True:        # the same one for every input >= 1
+            return a
+        if (a - b)._decide("<=") is True:
+            return b
         return s.trace.derived(f"max({a.code()}, {b.code()})", max(a.value, b.value))
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return np.maximum(a, b)
@@ -361,8 +390,11 @@ def _rebuild(cls, values: tuple):
     """A dataclass instance with these field values, without running ``__init__`` again
     (its checks ran when the result was traced)."""
     obj = object.__new__(cls)
-    for f, v in zip(_fields(cls), values):
-        object.__setattr__(obj, f, v)
+    try:
+        obj.__dict__.update(zip(_fields(cls), values))
+    except AttributeError:                   # a class with __slots__
+        for f, v in zip(_fields(cls), values):
+            object.__setattr__(obj, f, v)
     return obj
 
 
@@ -513,31 +545,33 @@ def trace(build: Callable, values: tuple, *key) -> Callable:
 
 #: ``(build, key) -> [compiled variants]``, or ``None`` for a key that cannot be traced.
 _VARIANTS: dict = {}
-MAX_VARIANTS = 8          # traces kept per key (a guard that keeps failing: direct calls)
+MAX_VARIANTS = 16         # traces kept per key (beyond, a key whose decisions keep changing runs directly)
 MAX_KEYS = 4096
 
 
 def evaluate(build: Callable, values: tuple, *key):
     """``build(*values, *key)``, where ``values`` are the inputs a reader varies (batch size and
-    sequence length, say; positive integers, already checked) and ``key`` the rest (hashable):
+    sequence length, say) and ``key`` the rest (hashable):
     through a compiled variant when every value is a Python int (traced at the second call
     with a key, again when a guard fails, up to :data:`MAX_VARIANTS` per key), else directly:
     a key's first call, numpy sweeps, unhashable knobs, a build that cannot be traced."""
     for v in values:
-        if type(v) is not int:
-            return build(*values, *key)
+        if type(v) is not int or v < 1:     # the compiled forms assume positive inputs (their
+            return build(*values, *key)     # checks are in the build: it raises for the others)
     try:
         variants = _VARIANTS.get((build, key), ())
     except TypeError:                        # an unhashable knob
         return build(*values, *key)
     if variants is None:
         return build(*values, *key)
-    for fn in variants:
+    for i, fn in enumerate(variants):
         try:
             out = fn(*values)
         except ArithmeticError:              # e.g. a division a failed guard would have prevented
             continue
         if out is not _MISS:
+            if i:                            # the last one used is tried first (a slider moves a little)
+                variants.insert(0, variants.pop(i))
             return out
     if len(variants) >= MAX_VARIANTS:
         return build(*values, *key)

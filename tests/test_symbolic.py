@@ -106,6 +106,21 @@ def test_floats_are_computed_as_written():
     assert fn(4096, 10**6) is symbolic._MISS or fn(4096, 10**6)["fits"] == 0
 
 
+def test_inputs_below_one_take_the_direct_path():
+    """The compiled forms assume every input >= 1 (no guard for B - 1 < 0); anything else is
+    the build's to judge, here with its error."""
+    def checked(B, S):
+        if B < 1:
+            raise ValueError("batch_size: must be >= 1")
+        return {"bytes": 2 * B * S}
+    for _ in range(3):
+        assert evaluate(checked, (2, 10)) == {"bytes": 40}
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(checked, (0, 10))
+    with pytest.raises(ValueError, match="batch_size"):
+        memlib.parallel_train_memory("gpt2", 0, 64, dp=2)
+
+
 def test_arrays_take_the_direct_path():
     B = np.array([1, 2]).reshape(-1, 1)
     S = np.array([100, 5000])
@@ -145,3 +160,53 @@ def test_every_catalog_model_compiles_and_agrees(model):
             fn = compiled(_lora_result, (b, s), *key)
             assert fn is not None, (model, key)
             assert fn(b, s) == _lora_result(b, s, *key)
+
+
+def _agree(fn_call, points):
+    """``fn_call(b, s)`` through the compiled path (third call of a key) equals the direct build."""
+    symbolic._VARIANTS.clear()
+    for b, s in points:
+        fast = [fn_call(b, s) for _ in range(3)][-1]
+        symbolic_variants = dict(symbolic._VARIANTS)
+        saved, symbolic._VARIANTS = symbolic._VARIANTS, {}
+        try:
+            symbolic._VARIANTS = _NoCache()
+            slow = fn_call(b, s)
+        finally:
+            symbolic._VARIANTS = saved
+        assert fast == slow, (b, s)
+    # compiled (an estimate it calls inside may have seen one direct call only), nothing refused
+    assert any(symbolic_variants.values()) and None not in symbolic_variants.values(), symbolic_variants
+
+
+class _NoCache(dict):
+    """A variants table that never keeps anything: every call runs the build directly."""
+
+    def __setitem__(self, key, value):
+        pass
+
+    def get(self, key, default=None):
+        return None
+
+
+@pytest.mark.parametrize("model", ["Llama-3.1-8B", "Qwen3-30B-A3B", "gpt2", "gemma-2-9b", "DeepSeek-V2-Lite",
+                                   "falcon-7b-instruct", "Phi-3-mini-4k-instruct", "Mixtral-8x7B-v0.1"])
+def test_composite_estimates_compile_and_agree(model):
+    """rl_memory, parallel_train_memory, vllm_budget, gpus_needed, inference_memory and
+    rollout_memory: the compiled result equals the direct one, and a variant was compiled."""
+    spec = memlib.load_spec(model)
+    cap = min(2048, spec.max_position_embeddings)
+    pts = [(1, cap // 4), (3, cap // 2), (2, cap)]
+    _agree(lambda b, s: memlib.rl_memory(spec, "grpo", b, s, group_size=4), pts)
+    _agree(lambda b, s: memlib.rl_memory(spec, "ppo", b, s, group_size=2, precision="mixed"), pts)
+    _agree(lambda b, s: memlib.rl_memory(spec, "dpo", b, s, lora_rank=8), pts)
+    _agree(lambda b, s: memlib.rl_memory(spec, "grpo", b, s, group_size=2, rollout="vllm", gpu="H200-141GB",
+                                         gpu_memory_utilization=0.9), pts)
+    _agree(lambda b, s: memlib.parallel_train_memory(spec, b, s, dp=4, zero=3), pts)
+    _agree(lambda b, s: memlib.parallel_train_memory(spec, b, s, dp=2, zero=1, precision="mixed"), pts)
+    if spec.num_layers >= 4:
+        _agree(lambda b, s: memlib.parallel_train_memory(spec, b, s, pp=2, microbatches=4), pts)
+    _agree(lambda b, s: memlib.vllm_budget(spec, "H200-141GB", max_model_len=s, max_num_seqs=b), pts)
+    _agree(lambda b, s: memlib.gpus_needed(spec, "H100-80GB", max_model_len=s, concurrency=b), pts)
+    _agree(lambda b, s: memlib.inference_memory(spec, b, s, attention="eager"), pts)
+    _agree(lambda b, s: memlib.rollout_memory(spec, b, s // 4, s - s // 4, group_size=2), pts)

@@ -295,6 +295,11 @@ def rollout_memory(model, batch_size: int, prompt_len: int, new_tokens: int, *, 
     n = positive_int("new_tokens", new_tokens)
     check_seq_len(spec, P + n)
     choice("attention", attention, ATTENTIONS)
+    return evaluate(_rollout_result, (B, P, n), spec, attention)
+
+
+def _rollout_result(B, P, n, spec, attention):
+    """:func:`rollout_memory` for checked inputs (evaluated through :mod:`memlib.symbolic`)."""
     w = Role("rollout", spec).weight_bytes
     moments = [("generate", label, {"rollout": {"weights": w, **parts}})
                for label, parts in hf_rollout(spec, B, P, n, "bf16", attention)]
