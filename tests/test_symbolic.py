@@ -9,7 +9,7 @@ import memlib
 from memlib import symbolic
 from memlib.activations import _activation_result
 from memlib.lora import _lora_result, resolve_targets
-from memlib.symbolic import NotTraceable, compiled, evaluate, larger, to_float, to_int, trace
+from memlib.symbolic import compiled, evaluate, larger, to_float, to_int, trace
 from memlib.training import train_result
 
 
