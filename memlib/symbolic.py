@@ -546,7 +546,9 @@ def trace(build: Callable, values: tuple, *key) -> Callable:
 #: ``(build, key) -> [compiled variants]``, or ``None`` for a key that cannot be traced.
 _VARIANTS: dict = {}
 MAX_VARIANTS = 16         # traces kept per key (beyond, a key whose decisions keep changing runs directly)
-MAX_KEYS = 4096
+MAX_KEYS = 4096           # keys remembered (beyond, all are forgotten and traced again on reuse)
+MAX_COMPILED = 1024       # compiled variants kept in all (about 17 kB each)
+_compiled_count = 0
 
 
 def evaluate(build: Callable, values: tuple, *key):
@@ -576,22 +578,28 @@ def evaluate(build: Callable, values: tuple, *key):
     if len(variants) >= MAX_VARIANTS:
         return build(*values, *key)
     if (build, key) not in _VARIANTS:        # a first call runs directly: a key met once (a planner's
-        if len(_VARIANTS) >= MAX_KEYS:       # layouts) is not worth a trace; the second call traces
-            _VARIANTS.clear()
-        _VARIANTS[(build, key)] = []
+        _remember(build, key, [])            # layouts) is not worth a trace; the second call traces
         return build(*values, *key)
     try:
         fn = trace(build, values, *key)
     except (TypeError, ValueError):          # NotTraceable, or a check that cannot take a traced value
         out = build(*values, *key)           # (an error of the inputs themselves is raised here)
-        if len(_VARIANTS) >= MAX_KEYS:
-            _VARIANTS.clear()
-        _VARIANTS[(build, key)] = None
+        _remember(build, key, None)
         return out
-    if len(_VARIANTS) >= MAX_KEYS:
-        _VARIANTS.clear()
-    _VARIANTS[(build, key)] = [*variants, fn]
+    _remember(build, key, [*variants, fn])
     return fn(*values)
+
+
+def _remember(build, key, variants):
+    """Keep ``variants`` for ``(build, key)``; past :data:`MAX_KEYS` keys or
+    :data:`MAX_COMPILED` compiled functions, everything else is forgotten first."""
+    global _compiled_count
+    if len(_VARIANTS) >= MAX_KEYS or _compiled_count >= MAX_COMPILED:
+        _VARIANTS.clear()
+        _compiled_count = len(variants or ())
+    elif variants:
+        _compiled_count += 1
+    _VARIANTS[(build, key)] = variants
 
 
 def compiled(build: Callable, values: tuple, *key) -> Callable | None:

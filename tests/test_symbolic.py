@@ -74,6 +74,17 @@ def test_too_many_variants_run_directly():
     assert len(symbolic._VARIANTS[key]) == 4              # one per side of the three guards
 
 
+def test_the_table_of_compiled_functions_is_bounded(monkeypatch):
+    monkeypatch.setattr(symbolic, "MAX_COMPILED", 5)
+    symbolic._VARIANTS.clear()
+    monkeypatch.setattr(symbolic, "_compiled_count", 0)
+    for width in range(20):                       # 20 keys, each called three times
+        for _ in range(3):
+            assert evaluate(_toy, (3, 5001), width)["hidden"] == 2 * 15003 * width
+        compiled_now = sum(len(v) for v in symbolic._VARIANTS.values() if v)
+        assert compiled_now <= 5 and compiled_now == symbolic._compiled_count
+
+
 @pytest.mark.parametrize("misuse", [
     lambda B, S: {"x": int(B * S)},
     lambda B, S: {"x": B ** 2},
