@@ -62,7 +62,10 @@ def parallel_train_memory(model, batch_size, seq_len, precision: str = "bf16", o
     ``microbatches``, ``schedule``, ``offload``) may be given as keywords.
     """
     spec = load_spec(model)
-    plan = make_plan(plan, **plan_fields).check(spec)
+    try:                                     # the same layout again (an explorer, a sweep): checked once
+        plan = _checked_plan(spec, plan, tuple(plan_fields.items()))
+    except TypeError:                        # a field value that cannot be hashed: checked here
+        plan = make_plan(plan, **plan_fields).check(spec)
     return evaluate(_parallel_result, (batch_size, seq_len), spec, plan, precision, optimizer, recompute, attention,
                     optimizer_impl, grad_accum, _bench)
 
@@ -87,6 +90,12 @@ def _parallel_result(batch_size, seq_len, spec, plan: Plan, precision, optimizer
     return Breakdown(main.components, title=main.title, kinds=main.kinds, phases=main.phases,
                      peak_phase=main.peak_phase, peak_at=main.peak_at, phase_components=main.phase_components,
                      children=tuple(children), label=main.label, meta=meta)
+
+
+@lru_cache(maxsize=256)
+def _checked_plan(spec, plan: Plan | None, fields: tuple) -> Plan:
+    """:func:`make_plan` of ``plan`` and ``fields`` (``(name, value)`` pairs), checked against ``spec``."""
+    return make_plan(plan, **dict(fields)).check(spec)
 
 
 def _heaviest_zero1_rank(spec, plan: Plan) -> int:
