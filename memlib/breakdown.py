@@ -23,8 +23,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .symbolic import to_int
 from .units import GB, GiB, fmt_bytes
+from .validation import as_int
 
 #: The kinds of memory a component can be.
 KINDS = ("model_state", "activation", "kv", "transient", "overhead")
@@ -34,7 +34,7 @@ _KIND_SET = frozenset(KINDS)
 def _as_bytes(v):
     if isinstance(v, np.ndarray):
         return v.astype(np.int64)
-    return to_int(v)
+    return as_int(v)
 
 
 def _sum(values):

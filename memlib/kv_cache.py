@@ -28,9 +28,8 @@ import numpy as np
 from .breakdown import Breakdown
 from .scenario import RUNTIMES, check_seq_len
 from .spec import ModelSpec, load_spec
-from .symbolic import to_int
 from .units import canonical_dtype, dtype_bytes
-from .validation import INT64_MAX, choice, exact_sweeps, positive_int
+from .validation import INT64_MAX, as_int, choice, exact_sweeps, positive_int
 
 KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
 MLA_FORMS = ("latent", "expanded")
@@ -80,7 +79,7 @@ def cached_tokens(spec: ModelSpec, seq_len, runtime: str = "minimal"):
     if runtime == "transformers":
         return seq_len, seq_len
     cap = spec.sliding_window - 1
-    return seq_len, (np.minimum(seq_len, cap) if isinstance(seq_len, np.ndarray) else min(to_int(seq_len), cap))
+    return seq_len, (np.minimum(seq_len, cap) if isinstance(seq_len, np.ndarray) else min(as_int(seq_len), cap))
 
 
 def vllm_window_blocks(seq_len, window: int, block_size: int = VLLM_BLOCK_SIZE):

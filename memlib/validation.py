@@ -5,9 +5,9 @@ import functools
 import inspect
 import numbers
 
-import numpy as np
+import sys
 
-from .symbolic import is_traced
+import numpy as np
 
 #: The largest byte count an int64 numpy array holds exactly.
 INT64_MAX = 2**63 - 1
@@ -21,7 +21,7 @@ def positive_int(field: str, value, minimum: int = 1):
     """
     if type(value) is int and value >= minimum:   # the common case, checked first: it is fast
         return value
-    if is_traced(value):                          # an estimate being compiled: the check is a guard
+    if traced(value):                             # an estimate being compiled: the check is a guard
         if value < minimum:
             raise ValueError(f"{field}: must be >= {minimum}")
         return value
@@ -43,6 +43,22 @@ def positive_int(field: str, value, minimum: int = 1):
             raise ValueError(f"{field}: must be a whole number >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{field}: must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def traced(value) -> bool:
+    """True for a value :mod:`memlib.symbolic` is tracing (chapter 08).  None exists before that
+    module is loaded, which ``import memlib`` alone does not do: it stays light."""
+    sym = sys.modules.get("memlib.symbolic")
+    return sym is not None and isinstance(value, sym.Sym)
+
+
+def as_int(value):
+    """``int(value)``, keeping a traced value traced (:func:`memlib.symbolic.to_int`)."""
+    if type(value) is int:
+        return value
+    if traced(value):
+        return sys.modules["memlib.symbolic"].to_int(value)
     return int(value)
 
 
