@@ -1,26 +1,33 @@
-"""Scalar estimates at interactive speed: trace an estimate once in ``B`` and ``S``, then evaluate (chapter 08).
+"""Scalar estimates at interactive speed: trace an estimate once in its inputs, then evaluate (chapter 08).
 
 Every byte count of a step is a product of tensor dimensions: a polynomial in the batch
 size ``B`` and the sequence length ``S`` (``2·B·S·H`` for a hidden state,
 ``4·B·heads·S²`` for a score matrix), plus a few quantities that are not: a comparison
-(``S >= sliding_window``, ``B == 1``), the larger of two moments, an integer division.
+(``S >= sliding_window``, ``B == 1``), the larger of two moments, an integer division, a
+float ratio (vLLM's concurrency).
 
-For one model and one set of knobs, :func:`evaluate` runs an estimate's own code once
-with ``B`` and ``S`` as :class:`Sym` values, which carry the call's numbers too.
-Arithmetic collects polynomial terms; a comparison, :func:`larger` or ``//`` becomes a
-*derived* value, computed from the values before it.  Where the code decides something
-from a value (``if``, ``max``, the peak of a timeline), the decision is taken with the
-call's numbers and recorded as a *guard*.  The result becomes a small Python function of
-``(B, S)`` that checks the guards and rebuilds the same structure (dicts, lists, named
-tuples, :class:`~memlib.breakdown.Breakdown`) with every number evaluated: exact Python
-integers, identical to what the estimate's code computes for those inputs, at a fraction
-of the cost.  A call whose numbers fail a guard is traced again (a few variants per key
-are kept) or, beyond that, runs the estimate's code directly.
+For one model and one set of knobs (the *key*), :func:`evaluate` runs the estimate's own
+code (its *build*) directly the first time; the second time it runs it with the varying
+inputs (``B`` and ``S``, or vLLM's context length, batched tokens and sequences) as
+:class:`Sym` values, which carry the call's numbers too.  Arithmetic collects polynomial
+terms; a comparison, :func:`larger`, ``//``, ``%`` or a float operation becomes a
+*derived* value, computed from the values before it (floats exactly as written).  Where
+the code decides something from a value (``if``, ``max``, a check, the peak of a
+timeline), the decision is taken with the call's numbers and recorded as a *guard*,
+unless it holds for every input ``>= 1`` (a polynomial whose coefficients share a sign).
+The result becomes a small Python function of the inputs that checks the guards and
+rebuilds the same structure (dicts, lists, named tuples,
+:class:`~memlib.breakdown.Breakdown`) with every number evaluated: exact Python integers,
+identical to what the build computes for those inputs, at a fraction of the cost.  A call
+whose numbers fail every compiled variant's guards is traced again (up to
+:data:`MAX_VARIANTS` per key); beyond that, or for inputs below 1, numpy arrays or a key
+that cannot be hashed, the build runs directly.
 
-Anything the tracer cannot express (``int(sym)``, formatting it, hashing it, a numpy
-call) raises :class:`NotTraceable`, and the estimate runs directly for that key.  The
-estimate's code stays the one definition of every formula; this module only makes
-calling it again cheap.
+Anything the tracer cannot express (``int(sym)``, hashing it, a numpy call on it, a
+formatted value cut out of its string) raises :class:`NotTraceable`, and the build runs
+directly for that key.  The build stays the one definition of every formula; this
+module only makes calling it again cheap.  Writing a build that compiles:
+``notebooks/AUTHORING.md``.
 """
 from __future__ import annotations
 
