@@ -36,8 +36,8 @@ from .breakdown import Breakdown
 from .params import layer_linear_params, total_params
 from .scenario import RECOMPUTE, Scenario, attention_used, check_seq_len
 from .spec import ModelSpec, load_spec
-from .symbolic import evaluate, is_traced
-from .validation import choice, exact_sweeps, positive_int
+from .symbolic import evaluate
+from .validation import choice, exact_sweeps, positive_int, traced
 
 #: The blocks a decoder layer's saved tensors belong to (chapter 03's figures group by them).
 BLOCKS = ("norms", "attention", "mlp", "autocast")
@@ -631,7 +631,7 @@ def _activation_result(batch_size, seq_len, spec: ModelSpec, precision: str, att
     tensors = {m: layer_tensors(spec, sc, moe=m) for m in set(spec.moe_layers)}
     blocks = saved_by_block(spec, sc, tensors)
     T, H, L = sc.tokens, spec.hidden_size, spec.num_layers
-    scalar = is_traced(T) or np.ndim(T) == 0
+    scalar = traced(T) or np.ndim(T) == 0
     comps: dict = {}
     if recompute == "full":
         comps["layer inputs (checkpoints)"] = L * sc.residual_bytes * T * H + checkpointed_inputs(spec, sc, recompute)

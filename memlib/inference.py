@@ -15,9 +15,9 @@ from .breakdown import Breakdown
 from .kv_cache import kv_cache
 from .scenario import Scenario, attention_used, check_seq_len
 from .spec import load_spec
-from .symbolic import evaluate, is_traced, to_int
+from .symbolic import evaluate
 from .units import canonical_dtype, dtype_bytes
-from .validation import exact_sweeps, positive_int
+from .validation import as_int, exact_sweeps, positive_int, traced
 from .params import total_params
 
 
@@ -48,10 +48,10 @@ def _inference_result(batch_size, seq_len, spec, dtype, kv_dtype, attention, run
     weights = total_params(spec) * int(dtype_bytes(dtype))       # = weight_memory(spec, dtype).total
     kv = kv_cache(spec, seq_len, batch_size, kv_dtype, runtime=runtime).total
     cands = prefill_transients(spec, sc, int(dtype_bytes(dtype)))
-    scalar = is_traced(kv) or np.ndim(kv) == 0
+    scalar = traced(kv) or np.ndim(kv) == 0
     if scalar:
         where = max(cands, key=cands.get)
-        transient = to_int(cands[where])
+        transient = as_int(cands[where])
     else:
         names = list(cands)
         stacked = np.stack([np.broadcast_to(cands[n], np.shape(kv)) for n in names])

@@ -31,9 +31,8 @@ from .kv_cache import kv_cache, layer_bytes_per_token
 from .lora import resolve_targets
 from .params import named_linears, total_params
 from .spec import ModelSpec, load_spec
-from .symbolic import to_int
 from .units import GB, dtype_bytes
-from .validation import choice, fraction, positive_int
+from .validation import as_int, choice, fraction, positive_int
 from .weights import _matrix_bytes, weight_memory
 
 
@@ -171,7 +170,7 @@ def max_model_len_that_fits(model, available_bytes: int, tp: int = 1, kv_dtype: 
     spec = load_spec(model)
     bs = positive_int("block_size", block_size)
     block = bs * spec.num_layers * layer_kv_bytes_per_gpu(spec, tp, kv_dtype)
-    return max(to_int(available_bytes), 0) // block * bs
+    return max(as_int(available_bytes), 0) // block * bs
 
 
 def _shard(spec: ModelSpec, module: str, rows_in: int, cols_out: int, tp: int) -> tuple[int, int]:

@@ -23,7 +23,7 @@ whose numbers fail every compiled variant's guards is traced again (up to
 :data:`MAX_VARIANTS` per key); beyond that, or for inputs below 1, numpy arrays or a key
 that cannot be hashed, the build runs directly.
 
-Anything the tracer cannot express (``int(sym)``, hashing it, a numpy call on it, a
+Anything the tracer cannot express (``int(sym)``, where ``memlib.validation.as_int`` keeps it traced, hashing it, a numpy call on it, a
 formatted value cut out of its string) raises :class:`NotTraceable`, and the build runs
 directly for that key.  The build stays the one definition of every formula; this
 module only makes calling it again cheap.  Writing a build that compiles:
@@ -304,6 +304,15 @@ class Sym:
         raise NotTraceable("a traced value was used as a plain number (int(), a division)")
 
     __int__ = __index__ = __float__ = _refuse
+
+    def as_int(self) -> "Sym":
+        """``int(self)`` as a traced value (``int()`` itself must return a number):
+        :func:`memlib.validation.as_int`."""
+        return self if type(self.value) is int else self.trace.derived(f"int({self.code()})", int(self.value))
+
+    def as_float(self) -> "Sym":
+        """``float(self)`` as a traced value: :func:`memlib.validation.as_float`."""
+        return self.trace.derived(f"float({self.code()})", float(self.value))
     __pow__ = __array__ = __abs__ = _refuse
 
     def __repr__(self):
@@ -359,27 +368,6 @@ def memo(maxsize: int = 256):
         wrapper.cache_clear = cached.cache_clear
         return wrapper
     return decorate
-
-
-def is_traced(v) -> bool:
-    """True for a traced value (it stands for a Python int)."""
-    return isinstance(v, Sym)
-
-
-def to_int(v):
-    """``int(v)``, which keeps a traced value traced (``int()`` itself must return a number)."""
-    if type(v) is int:
-        return v
-    if isinstance(v, Sym):
-        return v if type(v.value) is int else v.trace.derived(f"int({v.code()})", int(v.value))
-    return int(v)
-
-
-def to_float(v):
-    """``float(v)``, which keeps a traced value traced."""
-    if isinstance(v, Sym):
-        return v.trace.derived(f"float({v.code()})", float(v.value))
-    return float(v)
 
 
 # ------------------------------------------------------------------------------------------

@@ -49,8 +49,8 @@ from .params import (attention_params, count_params, layer_params, mlp_params, n
                      total_params)
 from .scenario import DEFAULT_OPTIMIZER_IMPL, OPTIMIZER_IMPLS, PHASES, Scenario, attention_used, check_seq_len
 from .spec import ModelSpec, load_spec
-from .symbolic import evaluate, to_int, larger
-from .validation import choice, exact_sweeps, positive_int
+from .symbolic import evaluate, larger
+from .validation import as_int, choice, exact_sweeps, positive_int
 
 #: The components of a training step, bottom to top, and their kinds.
 COMPONENTS = ("weights", "optimizer", "gradients", "autocast_cache", "activations", "transient")
@@ -468,11 +468,11 @@ def summarize(marks, title: str, meta: dict) -> Breakdown:
         peak = marks[best]
 
         def comps(mk):
-            return {k: to_int(v) for k, v in zip(COMPONENTS, mk[2:8]) if v or k in ("weights", "optimizer")}
+            return {k: as_int(v) for k, v in zip(COMPONENTS, mk[2:8]) if v or k in ("weights", "optimizer")}
         phase_components = {ph: comps(marks[best_of[ph]]) for ph in PHASES if ph in best_of}
         components = phase_components[peak.phase]          # the peak is its phase's largest mark
         return Breakdown(components, title=title, kinds={k: KINDS[k] for k in components},
-                         phases={ph: to_int(totals[best_of[ph]][2]) for ph in PHASES if ph in best_of},
+                         phases={ph: as_int(totals[best_of[ph]][2]) for ph in PHASES if ph in best_of},
                          phase_components=phase_components,
                          peak_phase=peak.phase, peak_at=peak.label, meta=meta)
     # vectorised: the peak and its phase per grid point
@@ -616,9 +616,17 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
                  optimizer_impl: str = DEFAULT_OPTIMIZER_IMPL) -> tuple[ModelSpec, Scenario, StepInputs]:
     """Validate the knobs of a full fine-tuning step and build its :class:`StepInputs` (chapter 04).
 
-    Returns ``(spec, scenario, inputs)`` for :func:`step_timeline`; :func:`train_memory`
-    starts here.  ``stage`` restricts the step to part of the model (chapter 05).
+    Returns ``(spec, scenario, inputs)`` for :func:`step_timeline`.  ``stage`` restricts
+    the step to part of the model (chapter 05).
     """
+    spec, sc = _checked_step(model, batch_size, seq_len, precision, optimizer, recompute, attention, grad_accum,
+                             stage, _bench_cpu, optimizer_impl)
+    return spec, sc, step_inputs(spec, sc, stage)
+
+
+def _checked_step(model, batch_size, seq_len, precision, optimizer, recompute, attention, grad_accum, stage,
+                  _bench_cpu, optimizer_impl) -> tuple[ModelSpec, Scenario]:
+    """The knobs of a full fine-tuning step, checked (:func:`prepare_step`, :func:`train_memory`)."""
     spec = load_spec(model)
     seq_len = check_seq_len(spec, seq_len)
     batch_size = positive_int("batch_size", batch_size)
@@ -626,7 +634,7 @@ def prepare_step(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     sc = Scenario(batch_size, seq_len, precision, attention, recompute, optimizer, optimizer_impl,
                   _bench_cpu=_bench_cpu)
     (stage or Stage.whole(spec)).check(spec)
-    return spec, sc, step_inputs(spec, sc, stage)
+    return spec, sc
 
 
 def step_inputs(spec: ModelSpec, sc: Scenario, stage: Stage | None = None) -> StepInputs:
@@ -702,14 +710,9 @@ def train_memory(model, batch_size, seq_len, precision: str = "bf16", optimizer:
     array) and ``meta["peak_phase"]`` is an array of phase names.
     """
     choice("runtime", runtime, ("transformers",))
-    spec = load_spec(model)
-    seq_len = check_seq_len(spec, seq_len)
-    batch_size = positive_int("batch_size", batch_size)
-    positive_int("grad_accum", grad_accum)
-    Scenario(1, 1, precision, attention, recompute, optimizer, optimizer_impl)      # checks the knobs
-    if stage is not None:
-        stage.check(spec)
-    return evaluate(train_result, (batch_size, seq_len), spec, precision, optimizer, recompute, attention,
+    spec, sc = _checked_step(model, batch_size, seq_len, precision, optimizer, recompute, attention, grad_accum,
+                             stage, _bench_cpu, optimizer_impl)
+    return evaluate(train_result, (sc.batch_size, sc.seq_len), spec, precision, optimizer, recompute, attention,
                     grad_accum, stage, _bench_cpu, optimizer_impl, runtime)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
-
 import sys
 
 import numpy as np
@@ -54,12 +53,15 @@ def traced(value) -> bool:
 
 
 def as_int(value):
-    """``int(value)``, keeping a traced value traced (:func:`memlib.symbolic.to_int`)."""
+    """``int(value)``, keeping a traced value traced (``int()`` itself must return a number)."""
     if type(value) is int:
         return value
-    if traced(value):
-        return sys.modules["memlib.symbolic"].to_int(value)
-    return int(value)
+    return value.as_int() if traced(value) else int(value)
+
+
+def as_float(value):
+    """``float(value)``, keeping a traced value traced."""
+    return value.as_float() if traced(value) else float(value)
 
 
 def choice(field: str, value, allowed):

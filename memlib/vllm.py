@@ -61,9 +61,9 @@ from .serving import (QUANTIZATIONS, kv_bytes_per_request, kv_heads_per_gpu, lay
                       lora_slot_bytes, weights_per_gpu)
 from .scenario import check_seq_len
 from .spec import ModelSpec, load_spec
-from .symbolic import evaluate, to_float, to_int
+from .symbolic import evaluate
 from .units import GiB
-from .validation import choice, fraction, positive_int
+from .validation import as_float, as_int, choice, fraction, positive_int
 
 ENGINES = ("v0", "v1")
 KV_DTYPES = ("auto", "bf16", "fp16", "fp8", "fp8_e4m3", "fp8_e5m2")
@@ -276,7 +276,7 @@ def kv_cache_layout(model, available_bytes: int, max_model_len: int, tp: int = 1
     page = bs * per_layer
     n_slide = spec.num_sliding_layers if spec.sliding_window else 0
     n_full = spec.num_layers - n_slide
-    avail = max(to_int(available_bytes), 0)
+    avail = max(as_int(available_bytes), 0)
     new_v1 = engine == "v1" and v >= (0, 9, 1)
     if hybrid is None:
         hybrid = new_v1 and n_slide > 0 and n_full > 0
@@ -299,13 +299,13 @@ def kv_cache_layout(model, available_bytes: int, max_model_len: int, tp: int = 1
         concurrency = num_blocks / per_req if new_v1 else tokens / L
         kv_bytes = num_blocks * page * spec.num_layers
     if engine == "v1" and v >= (0, 25, 0):
-        tokens = to_int(concurrency * L)
+        tokens = as_int(concurrency * L)
     return Breakdown({"kv_cache": kv_bytes, "unallocated": avail - kv_bytes},
                      title=f"{spec.name} KV pool (vLLM {'.'.join(map(str, v))} {engine})",
                      kinds={"kv_cache": "kv", "unallocated": "overhead"},
-                     meta={"num_blocks": to_int(num_blocks), "kv_cache_tokens": to_int(tokens),
-                           "max_concurrency": to_float(concurrency), "kv_cache_bytes": to_int(kv_bytes),
-                           "page_bytes_per_token": to_int(per_layer * spec.num_layers), "hybrid": bool(hybrid)})
+                     meta={"num_blocks": as_int(num_blocks), "kv_cache_tokens": as_int(tokens),
+                           "max_concurrency": as_float(concurrency), "kv_cache_bytes": as_int(kv_bytes),
+                           "page_bytes_per_token": as_int(per_layer * spec.num_layers), "hybrid": bool(hybrid)})
 
 
 def swap_blocks(model, swap_space_gib: float = SWAP_SPACE_GIB, tp: int = 1, kv_dtype: str = "auto",
@@ -391,18 +391,18 @@ def _budget_result(L, T, S, spec, v, engine, family, tp, util, usage, quantizati
     and knobs)."""
     budget = int(total * util)
 
-    comps = {"weights": to_int(weights if weights is not None else
+    comps = {"weights": as_int(weights if weights is not None else
                             weights_per_gpu(spec, dtype, tp, quantization).total)}
     if max_loras:
         comps["lora_slots"] = lora_slot_bytes(spec, max_loras, max_lora_rank, tp, dtype)
     if draft_model is not None:
         comps["draft_weights"] = weights_per_gpu(draft_model, dtype, tp).total
-    comps["activation_peak"] = to_int(activation if activation is not None else
+    comps["activation_peak"] = as_int(activation if activation is not None else
                                    activation_peak(spec, T, S, tp, dtype, sampler, engine).total)
-    comps["non_torch"] = to_int(non_torch if non_torch is not None else non_torch_bytes(tp))
+    comps["non_torch"] = as_int(non_torch if non_torch is not None else non_torch_bytes(tp))
     outside = {}
     (comps if family in CONTEXT_CHARGED else outside)["cuda_context"] = CUDA_CONTEXT
-    graphs = 0 if enforce_eager else to_int(cuda_graphs if cuda_graphs is not None else CUDA_GRAPHS[engine])
+    graphs = 0 if enforce_eager else as_int(cuda_graphs if cuda_graphs is not None else CUDA_GRAPHS[engine])
     if graphs:
         (comps if family == "profiling+graphs" else outside)["cuda_graphs"] = graphs
     available = budget - sum(comps.values())
@@ -417,7 +417,7 @@ def _budget_result(L, T, S, spec, v, engine, family, tp, util, usage, quantizati
             "vllm_version": ".".join(map(str, v)), "engine": engine, "family": family,
             "max_model_len": L, "max_num_batched_tokens": T, "max_num_seqs": S, "sampler": sampler,
             "block_size": block_size, "kv_dtype": kv_dtype, "dtype": dtype, "quantization": quantization,
-            "available_kv_bytes": to_int(available), **lay, "outside_budget": outside,
+            "available_kv_bytes": as_int(available), **lay, "outside_budget": outside,
             "kv_needed_bytes": kv_bytes_per_request(spec, L, tp, kv, block_size)}
     return Breakdown(comps, title=f"{spec.name} on {gpu_name} (vLLM {meta['vllm_version']}, tp={tp}), per GPU",
                      kinds={k: _KINDS[k] for k in comps}, meta=meta)
@@ -428,7 +428,7 @@ def _pool_with_draft(spec, draft, available, L, tp, kv_dtype, bs) -> dict:
     holds ``bs`` tokens of every layer of both models)."""
     per_token = (spec.num_layers * layer_kv_bytes_per_gpu(spec, tp, kv_dtype)
                  + draft.num_layers * layer_kv_bytes_per_gpu(draft, tp, kv_dtype))
-    num_blocks = max(to_int(available), 0) // (bs * per_token)
+    num_blocks = max(as_int(available), 0) // (bs * per_token)
     return {"num_blocks": num_blocks, "kv_cache_tokens": num_blocks * bs,
             "max_concurrency": num_blocks / -(-L // bs), "kv_cache_bytes": num_blocks * bs * per_token,
             "page_bytes_per_token": per_token, "hybrid": False}

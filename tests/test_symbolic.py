@@ -9,7 +9,8 @@ import memlib
 from memlib import symbolic
 from memlib.activations import _activation_result
 from memlib.lora import _lora_result, resolve_targets
-from memlib.symbolic import compiled, evaluate, larger, to_float, to_int, trace
+from memlib.symbolic import compiled, evaluate, larger, trace
+from memlib.validation import as_float, as_int
 from memlib.training import train_result
 
 
@@ -88,7 +89,7 @@ def test_the_table_of_compiled_functions_is_bounded(monkeypatch):
 @pytest.mark.parametrize("misuse", [
     lambda B, S: {"x": int(B * S)},
     lambda B, S: {"x": B ** 2},
-    lambda B, S: {"x": int(B / 2)},               # int() must return a number: memlib.symbolic.to_int
+    lambda B, S: {"x": int(B / 2)},               # int() must return a number: memlib.validation.as_int
     lambda B, S: {"x": np.maximum(B, S)},
     lambda B, S: {"x": {B: 1}},                    # a traced value cannot be hashed
     lambda B, S: {"x": f"{B}"[:2]},               # a formatted value cut out of its string
@@ -104,7 +105,7 @@ def test_floats_are_computed_as_written():
     def pool(L, n):
         blocks = (80 * 2**30 - 7 * L) // (16 * 4096)
         concurrency = blocks / -(-L // 16)
-        return {"concurrency": to_float(concurrency), "tokens": to_int(concurrency * L), "util": 0.9 * n,
+        return {"concurrency": as_float(concurrency), "tokens": as_int(concurrency * L), "util": 0.9 * n,
                 "fits": concurrency >= n, "ratio": 1.5 + n / 3 - L * 0.25}
     fn = trace(pool, (4096, 3))
     for L, n in ((4096, 3), (8191, 7), (100, 1)):

@@ -26,7 +26,8 @@ from functools import lru_cache
 from ..breakdown import Breakdown
 from ..scenario import DEFAULT_OPTIMIZER_IMPL
 from ..spec import load_spec
-from ..symbolic import evaluate, to_int
+from ..symbolic import evaluate
+from ..validation import as_int
 from .plan import Plan
 from .rank import BenchSettings, rank_memory
 from .state import rank_tensors
@@ -86,7 +87,7 @@ def _parallel_result(batch_size, seq_len, spec, plan: Plan, precision, optimizer
             children = [main, rank_memory(spec, batch_size, seq_len, plan, rank=heavy, **kw)]
     meta = dict(main.meta)
     meta["global_batch"] = batch_size * plan.microbatches * grad_accum * plan.dp
-    meta["max_peak"] = max([to_int(main.total)] + [to_int(c.total) for c in children])
+    meta["max_peak"] = max([as_int(main.total)] + [as_int(c.total) for c in children])
     return Breakdown(main.components, title=main.title, kinds=main.kinds, phases=main.phases,
                      peak_phase=main.peak_phase, peak_at=main.peak_at, phase_components=main.phase_components,
                      children=tuple(children), label=main.label, meta=meta)

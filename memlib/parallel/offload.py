@@ -12,7 +12,7 @@ exactly the bytes moved (the staging copies of one shard at a time are left out)
 """
 from __future__ import annotations
 
-from ..symbolic import to_int
+from ..validation import as_int
 from .timeline import RankMark
 
 
@@ -26,9 +26,9 @@ def offload_marks(marks, offload: str) -> tuple[list[RankMark], dict]:
         parts = dict(mk.parts)
         for c in moved:
             v = parts.pop(c, 0)
-            host[c] = max(host.get(c, 0), to_int(v))
+            host[c] = max(host.get(c, 0), as_int(v))
         if "optimizer" in moved and mk.phase == "step":
-            host["step_temporaries"] = max(host.get("step_temporaries", 0), to_int(parts.get("transient", 0)))
+            host["step_temporaries"] = max(host.get("step_temporaries", 0), as_int(parts.get("transient", 0)))
             parts["transient"] = 0
         for c in moved:
             parts[c] = 0

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from ..breakdown import Breakdown
 from ..scenario import PHASES
-from ..symbolic import to_int
+from ..validation import as_int
 
 #: Every component a rank can hold, bottom to top, with its kind.
 COMPONENT_KINDS = {
@@ -83,9 +83,9 @@ def summarize(marks: list[RankMark], title: str, meta: dict, label: str = "") ->
     used = [c for c in COMPONENTS if any(mk.parts.get(c, 0) for mk in marks) or c in ("weights", "optimizer")]
 
     def comps(mk):
-        return {c: to_int(mk.parts.get(c, 0)) for c in used}
-    phases = {ph: to_int(marks[best_of[ph]].total) for ph in PHASES if ph in best_of}
-    meta = dict(meta, marks=marks, timeline=[(mk.phase, mk.label, to_int(mk.total)) for mk in marks])
+        return {c: as_int(mk.parts.get(c, 0)) for c in used}
+    phases = {ph: as_int(marks[best_of[ph]].total) for ph in PHASES if ph in best_of}
+    meta = dict(meta, marks=marks, timeline=[(mk.phase, mk.label, as_int(mk.total)) for mk in marks])
     return Breakdown(comps(marks[best]), title=title, kinds={c: COMPONENT_KINDS[c] for c in used},
                      phases=phases, phase_components={ph: comps(marks[best_of[ph]]) for ph in phases},
                      peak_phase=marks[best].phase, peak_at=marks[best].label, meta=meta, label=label)

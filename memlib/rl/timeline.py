@@ -13,7 +13,7 @@ one rule every composed result in memlib follows.
 from __future__ import annotations
 
 from ..breakdown import Breakdown, combine
-from ..symbolic import to_int
+from ..validation import as_int
 
 #: The phases of one iteration, in order (the bench's names).
 PHASES = ("generate", "score", "train.forward", "train.backward", "train.step")
@@ -58,7 +58,7 @@ def summarize(moments, roles, title: str, meta: dict, role_titles: dict | None =
     overall = max(peaks, key=lambda ph: (totals[peaks[ph]], -peaks[ph]))
     children = []
     for role in roles:
-        at = {ph: {f"{role}.{k}": to_int(v) for k, v in moments[i][2].get(role, {}).items() if v}
+        at = {ph: {f"{role}.{k}": as_int(v) for k, v in moments[i][2].get(role, {}).items() if v}
               for ph, i in peaks.items()}
         comps = at[overall]
         kinds = {k: PART_KINDS[k.split(".", 1)[1]] for ph in at for k in at[ph]}
